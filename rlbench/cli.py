@@ -1,0 +1,46 @@
+"""The ``rlbench`` command line. Each subcommand lives in its own module with ``register(sub)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rlbench.errors import USER_ERRORS
+
+#: Modules that contribute subcommands; each defines ``register(subparsers)`` which adds a
+#: parser whose ``func(args) -> int`` runs the command.
+COMMAND_MODULES = [
+    "rlbench.commands.envs_cmd",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2 (argparse's default code)
+        self.exit(2, f"rlbench: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rlbench", description="Equal-budget meta-RL benchmark: DRS vs MAML.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        print(f"rlbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

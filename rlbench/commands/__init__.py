@@ -1,0 +1,1 @@
+"""Subcommands of the ``rlbench`` command line (see rlbench.cli.COMMAND_MODULES)."""
