@@ -8,10 +8,11 @@ plus a pure-numpy toy used by fast tests. Adding an environment is one module an
 from __future__ import annotations
 
 from envs.base import InvalidTaskError, MetaEnv, TaskDistribution, UnknownEnvError
+from envs.fingerprint import fingerprint
 from envs.registry import entry, env_ids, get_task_distribution, make, make_meta_env, register_meta_env
 
 __all__ = [
-    "InvalidTaskError", "MetaEnv", "TaskDistribution", "UnknownEnvError", "entry", "env_ids",
+    "InvalidTaskError", "MetaEnv", "TaskDistribution", "UnknownEnvError", "entry", "env_ids", "fingerprint",
     "get_task_distribution", "make", "make_meta_env", "register_meta_env",
 ]
 

@@ -1,0 +1,1 @@
+"""Policies, baselines, learners (PPO, TRPO), DRS and the MAML family."""

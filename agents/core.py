@@ -1,0 +1,177 @@
+"""What every agent shares: batch processing, the inner losses, the pure ``adapt`` operation,
+and the PPO / TRPO outer learners written once against parameter dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from agents import metagrad
+from agents.advantages import AdvantageSettings, TensorBatch, compute_advantages, to_tensors
+from agents.policy import GaussianMLPPolicy, Params, expand_params, flat, unflat
+from rlbench.batch import Batch
+from rlbench.settings import AdvantageConfig, AlgoConfig
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def advantage_settings(cfg: AdvantageConfig) -> AdvantageSettings:
+    return AdvantageSettings(cfg.gamma, cfg.gae_lambda, cfg.baseline_reg, cfg.normalize, cfg.bootstrap_truncated)
+
+
+def process(policy: GaussianMLPPolicy, params: Params, batch: Batch, adv: AdvantageConfig, dtype: torch.dtype) -> TensorBatch:
+    """Advantages + tensors + log-probabilities under the parameters that sampled the batch.
+
+    ``params`` are shared or stacked per task (as used by the sampler's actor)."""
+    tb = to_tensors(batch, compute_advantages(batch, advantage_settings(adv)), dtype)
+    with torch.no_grad():
+        tb.logp_old = policy.log_prob({k: v.detach() for k, v in params.items()}, tb.obs, tb.actions)
+    return tb
+
+
+# -- inner losses (PROTOCOL.md section 4) --------------------------------------------------------
+
+
+def lr_surrogate(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch) -> torch.Tensor:
+    """ProMP's inner loss per task: -mean(pi_theta / pi_old * A). Its gradient at theta_old is
+    the policy gradient; its Hessian is ProMP's low-variance curvature estimate. Shape [T]."""
+    ratio = torch.exp(policy.log_prob(params, tb.obs, tb.actions) - tb.logp_old)
+    return -tb.task_mean(ratio * tb.advantages)
+
+
+def loglik_loss(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch) -> torch.Tensor:
+    """TRPO-MAML's inner loss per task: -mean(log pi * A). Shape [T]."""
+    return -tb.task_mean(policy.log_prob(params, tb.obs, tb.actions) * tb.advantages)
+
+
+#: Inner loss of each MAML algorithm (and of the DRS agent it pairs with at meta-test time).
+INNER_LOSSES: dict[str, Callable[[GaussianMLPPolicy, Params, TensorBatch], torch.Tensor]] = {
+    "promp": lr_surrogate,
+    "trpo-maml": loglik_loss,
+}
+
+
+def inner_loss_fn(kind: str, policy: GaussianMLPPolicy, tb: TensorBatch) -> metagrad.Loss:
+    """L(params) = sum over tasks of the per-task inner loss (so per-task gradients separate)."""
+    fn = INNER_LOSSES[kind]
+    return lambda p: fn(policy, p, tb).sum()
+
+
+def as_stacked(params: Params, n_tasks: int) -> Params:
+    """Shared params -> detached [T, ...] copies; stacked params pass through (detached)."""
+    if params["W0"].dim() == 3:
+        return {k: v.detach() for k, v in params.items()}
+    return {k: v.detach().clone() for k, v in expand_params(params, n_tasks).items()}
+
+
+def adapt(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch, lr: float, kind: str) -> Params:
+    """One inner step per task: phi_t = params - lr * grad L_t(params). Pure: returns new
+    stacked [T, ...] tensors and never modifies ``params``. This is exactly the inner update
+    of MAML training and the adaptation step of meta-test evaluation for every agent."""
+    start = as_stacked(params, tb.n_tasks)
+    g = metagrad.grad(inner_loss_fn(kind, policy, tb), start)
+    return {k: start[k] - lr * g[k] for k in start}
+
+
+# -- outer learners ---------------------------------------------------------------------------------
+
+
+def ppo_clip_objective(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
+    """min(r A, clip(r, 1-c, 1+c) A) elementwise (to be maximised)."""
+    return torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
+
+
+def conjugate_gradient(mvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
+    """Solve A x = b for symmetric positive definite A given only x -> A x."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr <= tol:
+            break
+        Ap = mvp(p)
+        alpha = rr / (p @ Ap)
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+@dataclass
+class TRPOResult:
+    params: Params
+    accepted: bool
+    backtracks: int
+    kl: float
+    loss_before: float
+    loss_after: float
+
+
+def trpo_step(
+    params: Params,
+    loss_fn: Callable[[Params], torch.Tensor],
+    kl_fn: Callable[[Params], torch.Tensor],
+    gradient: Params,
+    fvp: Callable[[Params], Params],
+    cfg: AlgoConfig,
+    max_kl: float,
+) -> TRPOResult:
+    """One TRPO update: natural direction by conjugate gradient on the Fisher-vector product
+    (plus ``cg_damping``), scaled to the KL radius, then a backtracking line search
+    (ratio ``backtrack_ratio``, at most ``max_backtracks`` steps) that accepts the first
+    candidate that lowers the loss and satisfies mean KL <= max_kl; otherwise no step."""
+    theta = {k: v.detach() for k, v in params.items()}
+    g = flat(gradient)
+
+    def mvp(v: torch.Tensor) -> torch.Tensor:
+        return flat(fvp(unflat(v, theta))) + cfg.cg_damping * v
+
+    direction = conjugate_gradient(mvp, -g, cfg.cg_iters)
+    shs = float(direction @ mvp(direction))
+    with torch.no_grad():
+        loss0 = float(loss_fn(theta))
+    if not math.isfinite(shs) or shs <= 0:
+        return TRPOResult(theta, False, 0, 0.0, loss0, loss0)
+    full = direction * math.sqrt(2.0 * max_kl / shs)
+    base = flat(theta)
+    for i in range(cfg.max_backtracks + 1):
+        cand = unflat(base + (cfg.backtrack_ratio**i) * full, theta)
+        with torch.no_grad():
+            loss, kl = float(loss_fn(cand)), float(kl_fn(cand))
+        if math.isfinite(loss) and loss < loss0 and kl <= max_kl:
+            return TRPOResult({k: v.clone() for k, v in cand.items()}, True, i, kl, loss0, loss)
+    return TRPOResult(theta, False, cfg.max_backtracks, 0.0, loss0, loss0)
+
+
+def fvp_of_kl(kl_fn: Callable[[Params], torch.Tensor], params: Params) -> Callable[[Params], Params]:
+    """v -> (Hessian of mean KL at ``params``) v, by double backpropagation."""
+    return lambda v: metagrad.hvp(kl_fn, params, v, "second-order", 0.0)
+
+
+Collect = Callable[[list[Any], Params], Batch]
+
+
+class Agent(Protocol):
+    """The role every learner fills for the runner and the evaluator.
+
+    ``collect(tasks, params)`` samples episodes through the shared sampler (and charges the
+    shared budget); ``params`` are shared or stacked per task. Agents never step environments.
+    """
+
+    algo: str
+    policy: GaussianMLPPolicy
+    params: Params
+
+    def train_iteration(self, collect: Collect, tasks: list[Any]) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -1,0 +1,354 @@
+"""The sampler: the only code in rlbench that steps environments.
+
+For a list of tasks it collects ``episodes_per_task`` whole episodes per task. All episodes
+of a batch run together: at every time step the policy is evaluated ONCE on the observations
+of every live episode (with one parameter set per task when MAML samples after adaptation),
+and the environments are stepped by worker processes, each owning a contiguous block of
+episode slots. Steps are counted per single environment (a slot whose episode has ended is
+not stepped and not counted).
+
+Determinism: every random number (reset seeds, action noise) is drawn in the main process
+from the generator passed to :meth:`Sampler.collect`, independently of how slots are split
+over workers, so a batch is identical for any ``n_workers``.
+
+Backends: a worker hosts a :class:`Stepper` that steps its block of slots. ``"gym"`` steps
+one MetaEnv instance per slot; other backends (for example a batched MuJoCo backend) register
+in :data:`STEPPERS` and are selected by name, invisible to agents.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import signal
+import traceback
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+import numpy as np
+
+import envs
+from rlbench.batch import Batch
+
+#: ``actor(obs [T, E, obs_dim], noise [T, E, act_dim]) -> (stored actions, env actions)``.
+Actor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class SamplerError(RuntimeError):
+    """A worker failed; the message carries the worker's traceback."""
+
+
+class Stepper(Protocol):
+    """Steps a block of environment slots. One instance lives in each worker."""
+
+    obs_dim: int
+    act_dim: int
+
+    def reset(self, tasks: list[Any], seeds: np.ndarray) -> np.ndarray:
+        """Set slot i to tasks[i], reset it with seeds[i]. Returns obs [n, obs_dim]."""
+
+    def step(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step active slots. Returns next obs [n, obs_dim], rewards [n], terminated [n],
+        success [n] (NaN where not reported); inactive slots return zeros/False."""
+
+    def close(self) -> None: ...
+
+
+class GymStepper:
+    """One MetaEnv per slot, stepped in a Python loop (no gymnasium wrappers: the sampler
+    enforces the horizon and counts steps itself). Env instances are pooled by
+    ``env.task_group(task)`` and reused across batches."""
+
+    def __init__(self, env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
+        self.env_id = env_id
+        self.horizon = horizon
+        self.env_kwargs = dict(env_kwargs or {})
+        self._probe = envs.make_meta_env(env_id, horizon=horizon, **self.env_kwargs)
+        self.obs_dim = int(self._probe.observation_space.shape[0])
+        self.act_dim = int(self._probe.action_space.shape[0])
+        self._pool: dict[Hashable, list[envs.MetaEnv]] = {}
+        self._slots: list[envs.MetaEnv] = []
+
+    def _envs_for(self, tasks: list[Any]) -> list[envs.MetaEnv]:
+        groups = [self._probe.task_group(t) for t in tasks]
+        taken: dict[Hashable, int] = {}
+        out = []
+        for g in groups:
+            pool = self._pool.setdefault(g, [])
+            i = taken.get(g, 0)
+            if i == len(pool):
+                pool.append(envs.make_meta_env(self.env_id, horizon=self.horizon, **self.env_kwargs))
+            out.append(pool[i])
+            taken[g] = i + 1
+        return out
+
+    def reset(self, tasks: list[Any], seeds: np.ndarray) -> np.ndarray:
+        self._slots = self._envs_for(tasks)
+        obs = np.empty((len(tasks), self.obs_dim))
+        for i, (env, task, seed) in enumerate(zip(self._slots, tasks, seeds)):
+            env.set_task(task)
+            obs[i], _ = env.reset(seed=int(seed))
+        return obs
+
+    def step(self, actions: np.ndarray, active: np.ndarray):
+        n = len(self._slots)
+        obs = np.zeros((n, self.obs_dim))
+        rew = np.zeros(n)
+        term = np.zeros(n, dtype=bool)
+        succ = np.full(n, np.nan)
+        for i in np.flatnonzero(active):
+            o, r, te, _tr, info = self._slots[i].step(actions[i])
+            obs[i], rew[i], term[i] = o, r, te
+            s = info.get("success")
+            if s is not None:
+                succ[i] = float(s)
+        return obs, rew, term, succ
+
+    def close(self) -> None:
+        for pool in self._pool.values():
+            for env in pool:
+                env.close()
+        self._pool.clear()
+        self._probe.close()
+
+
+#: Stepper backends by name: ``factory(env_id, horizon, env_kwargs) -> Stepper``.
+STEPPERS: dict[str, Callable[..., Stepper]] = {"gym": GymStepper}
+
+
+def resolve_backend(backend: str, env_id: str) -> str:
+    """``"auto"`` picks the fastest registered backend that supports ``env_id``."""
+    if backend != "auto":
+        if backend not in STEPPERS:
+            raise ValueError(f"unknown sampler backend {backend!r} (known: auto, {', '.join(STEPPERS)})")
+        return backend
+    for name, factory in STEPPERS.items():
+        supports = getattr(factory, "supports", None)
+        if name != "gym" and supports is not None and supports(env_id):
+            return name
+    return "gym"
+
+
+def _worker_main(conn, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]) -> None:
+    # Ctrl-C is handled by the main process, which then closes the workers in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stepper = None
+    try:
+        stepper = STEPPERS[backend](env_id, horizon, env_kwargs)
+        conn.send(("ok", (stepper.obs_dim, stepper.act_dim)))
+        while True:
+            try:
+                cmd, payload = conn.recv()
+            except EOFError:
+                break
+            if cmd == "close":
+                break
+            try:
+                result = getattr(stepper, cmd)(*payload)
+                conn.send(("ok", result))
+            except Exception:  # reported to the main process, which raises SamplerError
+                conn.send(("error", traceback.format_exc()))
+    except Exception:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except Exception:
+            pass
+    finally:
+        if stepper is not None:
+            stepper.close()
+        conn.close()
+
+
+class _Remote:
+    """A worker process hosting one Stepper, driven through a pipe."""
+
+    def __init__(self, ctx, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, backend, env_id, horizon, env_kwargs), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def send(self, cmd: str, *payload: Any) -> None:
+        self.conn.send((cmd, payload))
+
+    def recv(self) -> Any:
+        try:
+            status, result = self.conn.recv()
+        except EOFError:
+            raise SamplerError(f"sampler worker {self.proc.pid} died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise SamplerError(f"sampler worker failed:\n{result}")
+        return result
+
+    def close(self, timeout: float = 5.0) -> None:
+        try:
+            self.conn.send(("close", ()))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout)
+        self.conn.close()
+
+
+class _Local:
+    """The same interface as _Remote, in-process (n_workers == 1)."""
+
+    def __init__(self, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]):
+        self.stepper = STEPPERS[backend](env_id, horizon, env_kwargs)
+        self._result: Any = None
+
+    def send(self, cmd: str, *payload: Any) -> None:
+        self._result = getattr(self.stepper, cmd)(*payload)
+
+    def recv(self) -> Any:
+        return self._result
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stepper.close()
+
+
+def _close_all(workers: list) -> None:
+    for w in workers:
+        try:
+            w.close()
+        except Exception:
+            pass
+    workers.clear()
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Sampler:
+    """Collects whole episodes for a list of tasks. Use as a context manager or call close().
+
+    ``n_workers``: 0 means one per core; 1 steps in-process. Workers are daemon processes,
+    closed on :meth:`close`, at interpreter exit, and when the sampler is garbage collected.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        horizon: int | None = None,
+        n_workers: int = 0,
+        backend: str = "auto",
+        env_kwargs: dict[str, Any] | None = None,
+        start_method: str = "fork",
+    ):
+        envs.entry(env_id)  # unknown id: clear error before any process starts
+        self.env_id = env_id
+        probe = envs.make_meta_env(env_id, horizon=horizon, **(env_kwargs or {}))
+        self.horizon = int(horizon or probe.horizon)
+        probe.close()
+        self.backend = resolve_backend(backend, env_id)
+        self.n_workers = int(n_workers) if n_workers > 0 else default_workers()
+        self.total_steps = 0
+        kwargs = dict(env_kwargs or {})
+        self._workers: list = []
+        try:
+            if self.n_workers == 1:
+                w = _Local(self.backend, env_id, self.horizon, kwargs)
+                self.obs_dim, self.act_dim = w.stepper.obs_dim, w.stepper.act_dim
+                self._workers.append(w)
+            else:
+                ctx = mp.get_context(start_method)
+                self._workers = [_Remote(ctx, self.backend, env_id, self.horizon, kwargs) for _ in range(self.n_workers)]
+                dims = [w.recv() for w in self._workers]
+                self.obs_dim, self.act_dim = dims[0]
+        except BaseException:
+            _close_all(self._workers)
+            raise
+        self._finalizer = weakref.finalize(self, _close_all, self._workers)
+        atexit.register(self._finalizer)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _blocks(self, n: int) -> list[slice]:
+        bounds = np.linspace(0, n, len(self._workers) + 1).round().astype(int)
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _call(self, cmd: str, blocks: list[slice], *arrays: Any) -> list[Any]:
+        try:
+            used = [(w, s) for w, s in zip(self._workers, blocks) if s.stop > s.start]
+            for w, s in used:
+                w.send(cmd, *(a[s] for a in arrays))
+            return [w.recv() for w, _ in used]
+        except BaseException:  # a dead or failing worker, or Ctrl-C mid-batch: shut everything down
+            self.close()
+            raise
+
+    def collect(self, tasks: list[Any], episodes_per_task: int, actor: Actor, rng: np.random.Generator) -> Batch:
+        """Run ``episodes_per_task`` whole episodes for every task in ``tasks``.
+
+        ``actor`` maps observations [T, E, obs_dim] and standard-normal noise [T, E, act_dim]
+        to (stored actions, environment actions); ``rng`` supplies every random number.
+        """
+        if not self._workers:
+            raise SamplerError("sampler is closed")
+        T, E, H = len(tasks), int(episodes_per_task), self.horizon
+        if T == 0 or E <= 0:
+            raise ValueError("collect needs at least one task and one episode per task")
+        n = T * E
+        slot_tasks = np.empty(n, dtype=object)
+        slot_tasks[:] = [t for t in tasks for _ in range(E)]
+        seeds = rng.integers(0, 2**31 - 1, size=n)
+        blocks = self._blocks(n)
+        obs_now = np.concatenate(self._call("reset", blocks, slot_tasks, seeds))
+
+        obs = np.zeros((n, H, self.obs_dim))
+        act = np.zeros((n, H, self.act_dim))
+        rew = np.zeros((n, H))
+        valid = np.zeros((n, H), dtype=bool)
+        success = np.full(n, np.nan)
+        terminated = np.zeros(n, dtype=bool)
+        last_obs = np.zeros((n, self.obs_dim))
+        lengths = np.zeros(n, dtype=np.int64)
+        active = np.ones(n, dtype=bool)
+        for t in range(H):
+            noise = rng.standard_normal((n, self.act_dim))
+            u, a_env = actor(obs_now.reshape(T, E, -1), noise.reshape(T, E, -1))
+            u, a_env = u.reshape(n, -1), a_env.reshape(n, -1)
+            parts = self._call("step", blocks, a_env, active)
+            nxt = np.concatenate([p[0] for p in parts])
+            r = np.concatenate([p[1] for p in parts])
+            te = np.concatenate([p[2] for p in parts])
+            sc = np.concatenate([p[3] for p in parts])
+            obs[active, t] = obs_now[active]
+            act[active, t] = u[active]
+            rew[active, t] = r[active]
+            valid[active, t] = True
+            lengths[active] += 1
+            reported = active & ~np.isnan(sc)
+            success[reported] = np.fmax(np.nan_to_num(success[reported], nan=0.0), sc[reported])
+            last_obs[active] = nxt[active]
+            ended = active & te
+            terminated |= ended
+            active &= ~te
+            obs_now = nxt
+            if not active.any():
+                break
+        steps = int(valid.sum())
+        self.total_steps += steps
+
+        def shape(x: np.ndarray) -> np.ndarray:
+            return x.reshape(T, E, *x.shape[1:])
+
+        return Batch(
+            tasks=list(tasks), obs=shape(obs), actions=shape(act), rewards=shape(rew), valid=shape(valid),
+            lengths=shape(lengths), terminated=shape(terminated), truncated=shape(~terminated),
+            last_obs=shape(last_obs), success=shape(success), env_steps=steps,
+        )

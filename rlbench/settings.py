@@ -1,0 +1,196 @@
+"""The configuration tree of a run and of an experiment (frozen dataclasses, loaded strictly).
+
+Field defaults here are *structural* (what a field means when unset); every number of the
+study comes from :mod:`rlbench.presets`, which fills these dataclasses per environment and
+algorithm from PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlbench.config import ConfigError
+
+ALGOS = ("drs-ppo", "promp", "drs-trpo", "trpo-maml")
+MetaGradient = Literal["second-order", "first-order", "hessian-free"]
+
+
+def _check(cond: bool, prefix: str, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Gaussian MLP policy (PROTOCOL.md sections 2-3)."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)  # tanh hidden layers
+    init_std: float = 1.0  # initial std, in the scaled action space
+    action_scale: float = 10.0  # the Gaussian lives in units of action_scale x env action
+
+    def validate(self, p: str = "") -> None:
+        _check(all(h > 0 for h in self.hidden_sizes), p, "hidden_sizes", "sizes must be positive")
+        _check(self.init_std > 0, p, "init_std", "must be positive")
+        _check(self.action_scale > 0, p, "action_scale", "must be positive")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """One sampling unit = meta_batch_size tasks x episodes_per_task episodes x horizon."""
+
+    meta_batch_size: int = 40  # tasks per iteration
+    episodes_per_task: int = 20  # episodes per task per sampling round
+    horizon: int = 200  # max episode length (env steps)
+    n_workers: int = 0  # worker processes; 0 = one per core, 1 = in-process
+    backend: str = "auto"  # stepper backend: auto | gym | any registered in rlbench.sampler.STEPPERS
+
+    def validate(self, p: str = "") -> None:
+        _check(self.meta_batch_size >= 1, p, "meta_batch_size", "must be >= 1")
+        _check(self.episodes_per_task >= 1, p, "episodes_per_task", "must be >= 1")
+        _check(self.horizon >= 1, p, "horizon", "must be >= 1")
+        _check(self.n_workers >= 0, p, "n_workers", "must be >= 0")
+
+    @property
+    def unit_steps(self) -> int:
+        """Environment steps of one sampling unit when no episode ends early."""
+        return self.meta_batch_size * self.episodes_per_task * self.horizon
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """Baseline and advantage estimation (PROTOCOL.md section 3)."""
+
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    baseline_reg: float = 1e-5  # ridge regulariser of the linear feature baseline
+    normalize: bool = True  # per-task (A - mean) / (std + 1e-8)
+    bootstrap_truncated: bool = True  # bootstrap horizon-cut episodes with V(s_H); GS: false
+
+    def validate(self, p: str = "") -> None:
+        _check(0 < self.gamma <= 1, p, "gamma", "must lie in (0, 1]")
+        _check(0 <= self.gae_lambda <= 1, p, "gae_lambda", "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Learner settings. Each algorithm reads the fields it uses (PROTOCOL.md section 4)."""
+
+    # PPO outer step (DRS+PPO, ProMP)
+    learning_rate: float = 1e-3  # Adam step size
+    clip: float = 0.3  # PPO ratio clip
+    num_ppo_steps: int = 5  # Adam steps per iteration (epochs x minibatches)
+    minibatches: int = 1  # 1 = full batch (the protocol); >1 for parity with other PPOs
+    # TRPO outer step (DRS+TRPO, TRPO-MAML)
+    max_kl: float = 0.01  # mean KL(old || new) constraint
+    cg_iters: int = 10
+    cg_damping: float = 1e-5  # Fisher-vector product regulariser
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    # MAML inner loop (ProMP, TRPO-MAML, and meta-test adaptation of every agent)
+    inner_lr: float = 1e-2
+    inner_steps: int = 1  # K; each step resamples episodes from the adapted policy
+    inner_lr_over_k: bool = False  # use inner_lr / K
+    meta_gradient: MetaGradient = "second-order"
+    hf_delta: float = 1e-4  # finite-difference radius of the Hessian-free estimator
+    # ProMP KL penalty
+    eta: float = 5e-4
+    adaptive_eta: bool = False
+    kl_target: float = 1e-2
+
+    def validate(self, p: str = "") -> None:
+        for key in ("learning_rate", "clip", "max_kl", "inner_lr", "hf_delta", "kl_target", "backtrack_ratio"):
+            _check(getattr(self, key) > 0, p, key, "must be positive")
+        _check(self.eta >= 0, p, "eta", "must be >= 0")
+        _check(self.backtrack_ratio < 1, p, "backtrack_ratio", "must be < 1")
+        for key in ("num_ppo_steps", "minibatches", "cg_iters", "inner_steps"):
+            _check(getattr(self, key) >= 1, p, key, "must be >= 1")
+        _check(self.max_backtracks >= 0, p, "max_backtracks", "must be >= 0")
+
+    @property
+    def effective_inner_lr(self) -> float:
+        return self.inner_lr / self.inner_steps if self.inner_lr_over_k else self.inner_lr
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Meta-test protocol (PROTOCOL.md section 6)."""
+
+    n_tasks: int = 40  # T meta-test tasks per checkpoint (GS: 1000)
+    n_updates: int = 5  # adaptation steps; returns recorded at t = 0..n_updates
+    episodes_per_task: int = 20  # episodes sampled per task at each t
+    gs_adam_compat: bool = False  # GS's test-time behaviour (one persistent Adam, GS learning rates)
+    task_chunk: int = 40  # tasks sampled together (memory bound)
+
+    def validate(self, p: str = "") -> None:
+        _check(self.n_tasks >= 1, p, "n_tasks", "must be >= 1")
+        _check(self.n_updates >= 0, p, "n_updates", "must be >= 0")
+        _check(self.episodes_per_task >= 1, p, "episodes_per_task", "must be >= 1")
+        _check(self.task_chunk >= 1, p, "task_chunk", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run."""
+
+    env_id: str
+    algo: str
+    seed: int
+    budget: int  # environment steps, hard cap
+    n_checkpoints: int = 21  # including checkpoint 0 (the initial policy)
+    checkpoint_interval: int = 0  # env steps between marks; 0 = budget / (n_checkpoints - 1)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    algo_cfg: AlgoConfig = field(default_factory=AlgoConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paired_inner: str = ""  # the MAML algorithm whose inner update evaluates this run (set by presets)
+    dtype: Literal["float32", "float64"] = "float32"
+
+    def validate(self, p: str = "") -> None:
+        _check(self.algo in ALGOS, p, "algo", f"unknown algorithm {self.algo!r} (known: {', '.join(ALGOS)})")
+        _check(self.seed >= 0, p, "seed", "must be >= 0")
+        _check(self.budget >= 0, p, "budget", "must be >= 0")
+        _check(self.n_checkpoints >= 1, p, "n_checkpoints", "must be >= 1")
+        _check(self.checkpoint_interval >= 0, p, "checkpoint_interval", "must be >= 0")
+
+    @property
+    def is_maml(self) -> bool:
+        return self.algo in ("promp", "trpo-maml")
+
+    @property
+    def iteration_steps(self) -> int:
+        """Worst-case env steps of one training iteration (K+1 sampling units for MAML)."""
+        rounds = self.algo_cfg.inner_steps + 1 if self.is_maml else 1
+        return rounds * self.sampler.unit_steps
+
+    @property
+    def checkpoint_marks(self) -> list[int]:
+        """Env-step marks of checkpoints 0..n-1 (mark 0 = the initial policy)."""
+        if self.n_checkpoints == 1:
+            return [0]
+        step = self.checkpoint_interval or self.budget // (self.n_checkpoints - 1)
+        return [i * step for i in range(self.n_checkpoints)]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A grid of runs: environments x algorithms x seeds, then evaluation and comparison."""
+
+    name: str
+    envs: tuple[str, ...]
+    algos: tuple[str, ...]
+    seeds: tuple[int, ...]
+    budget: int = 0  # env steps per run; 0 = the protocol budget of each environment
+    n_checkpoints: int = 21
+    pairs: tuple[str, ...] = ("drs-ppo:promp", "drs-trpo:trpo-maml")
+    overrides: dict[str, dict] = field(default_factory=dict)  # run-config overrides by family or env id ("all" applies to every run)
+
+    def validate(self, p: str = "") -> None:
+        _check(len(self.envs) > 0, p, "envs", "at least one environment")
+        _check(len(self.seeds) > 0, p, "seeds", "at least one seed")
+        for a in self.algos:
+            _check(a in ALGOS, p, "algos", f"unknown algorithm {a!r} (known: {', '.join(ALGOS)})")
+        for pair in self.pairs:
+            _check(pair.count(":") == 1, p, "pairs", f"expected first:second, got {pair!r}")
+        _check(self.budget >= 0, p, "budget", "must be >= 0")
