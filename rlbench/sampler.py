@@ -244,6 +244,9 @@ class Sampler:
         self.env_id = env_id
         probe = envs.make_meta_env(env_id, horizon=horizon, **(env_kwargs or {}))
         self.horizon = int(horizon or probe.horizon)
+        # Set one task in the main process before workers fork, so per-process caches (e.g.
+        # Meta-World's benchmark objects, ~30 s for ML45) are built once and inherited.
+        probe.set_task(envs.get_task_distribution(env_id).sample(1, np.random.default_rng(0))[0])
         probe.close()
         self.backend = resolve_backend(backend, env_id)
         self.n_workers = int(n_workers) if n_workers > 0 else default_workers()

@@ -182,3 +182,20 @@ def test_skips_runs_without_evaluation_and_flags_missing_runs(tmp_path):
     assert (later["flags"] == "missing_runs_b").all() and (later["n_b"] == 2).all()
     assert later["q"].isna().all() and later["prob"].notna().all()
     assert (rep.loc[rep["budget_mark"] == 0, "flags"] == "").all()
+
+
+def test_refuses_malformed_and_duplicate_runs(tmp_path, capsys):
+    root = make_results(tmp_path / "res", envs=(LOCO,), seeds=(1, 2))
+    csv = next(root.rglob("promp/seed_2/evaluation.csv"))
+    df = pd.read_csv(csv)
+    df["return"] = df["return"].astype(object)
+    df.loc[0, "return"] = "oops"
+    df.to_csv(csv, index=False)
+    err = _refuse(["compare", str(root), "--out", str(tmp_path / "o")], capsys)
+    assert "bad value in column return" in err
+    dup = make_results(tmp_path / "dup", envs=(LOCO,), seeds=(1, 2))
+    rng = np.random.default_rng(1)
+    extra = write_run(dup / "again", LOCO, "promp", 2, synthetic_rows(LOCO, "promp", 2, rng, 0.0))
+    assert extra.exists()
+    assert "two runs of" in _refuse(["compare", str(dup), "--out", str(tmp_path / "o")], capsys)
+    assert not (tmp_path / "o").exists()

@@ -70,8 +70,9 @@ def test_readme_example_registers_a_conforming_env(example, capsys):
     bash = _section_blocks("bash")
     assert any(f"rlbench envs {env_id}" in b for b in bash)
     assert main(["envs", env_id]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(env_id))
-    assert "mass ~ U[0.5, 2] kg" in row
+    printed = [line.rstrip() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    shown = [line.rstrip() for line in _section_blocks("text")[0].splitlines() if line.strip()]
+    assert printed == shown, "the README's sample output of `rlbench envs` is out of date"
 
     fp = envs.fingerprint(env_id)
     assert fp["obs_dim"] == 2 and fp["act_dim"] == 1 and fp["horizon"] == module.HORIZON

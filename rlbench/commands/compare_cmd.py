@@ -128,7 +128,8 @@ def _read_run(path: Path) -> Run:
 def load_results(results_dir: Path | str, *, warn: Callable[[str], None] = _warn) -> tuple[pd.DataFrame, list[Run]]:
     """All evaluation rows under ``results_dir`` and the runs they came from.
 
-    Runs without ``evaluation.csv`` are skipped with a warning. Raises UsageError for: a
+    Runs without ``evaluation.csv`` are skipped with a warning (and are not part of the
+    comparability check). Raises UsageError for: a
     missing or empty directory, malformed files, an ``evaluation.csv`` whose env/algo/seed
     disagree with its ``run.json``, two runs with the same (env, algo, seed), or runs of one
     environment whose ``comparability`` dicts differ.
@@ -161,6 +162,13 @@ def load_results(results_dir: Path | str, *, warn: Callable[[str], None] = _warn
         if df.empty:
             warn(f"skipping {path}: evaluation.csv has no rows yet")
             continue
+        try:
+            for c in ("seed", "checkpoint", "budget_mark", "env_steps", "test_update", "task", "episodes"):
+                df[c] = df[c].astype(np.int64)
+            for c in ("return", "success"):
+                df[c] = df[c].astype(float)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{csv}: bad value in column {c}: {str(e).splitlines()[0]}") from None
         for col, want in (("env_id", run.env_id), ("algo", run.algo), ("seed", run.seed)):
             got = set(df[col].unique().tolist())
             if got != {want}:
@@ -170,12 +178,7 @@ def load_results(results_dir: Path | str, *, warn: Callable[[str], None] = _warn
     if not runs:
         raise UsageError(f"no runs with evaluation.csv under {results_dir}")
     check_comparable(runs)
-    df = pd.concat(frames, ignore_index=True)
-    for c in ("seed", "checkpoint", "budget_mark", "env_steps", "test_update", "task", "episodes"):
-        df[c] = df[c].astype(np.int64)
-    for c in ("return", "success"):
-        df[c] = df[c].astype(float)
-    return df, runs
+    return pd.concat(frames, ignore_index=True), runs
 
 
 def output_stem(out_dir: Path, pair: tuple[str, str], metric: str, kind: str) -> Path:

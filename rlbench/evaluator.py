@@ -1,0 +1,160 @@
+"""Meta-test evaluation (PROTOCOL.md section 6), the same for every agent.
+
+For each checkpoint: T meta-test tasks drawn from (seed, "test-tasks") — the same tasks for
+every algorithm of a seed — and for t = 0..n_updates: sample ``episodes_per_task`` episodes
+per task, record the mean undiscounted return over ALL of them (and the success rate), and
+if t < n_updates take one adaptation step. The step is the inner update of the paired MAML
+algorithm (``cfg.paired_inner``: ProMP's likelihood-ratio surrogate for DRS+PPO and ProMP,
+TRPO-MAML's log-likelihood loss for DRS+TRPO and TRPO-MAML) with that algorithm's inner
+learning rate, via the pure :func:`agents.core.adapt`.
+
+``gs_adam_compat`` reproduces the authors' released code instead: one Adam step per update,
+one Adam optimiser whose moments persist across all tasks of the evaluation (tasks are then
+processed one at a time, in order), learning rates DRS+PPO = its PPO rate, ProMP and
+TRPO-MAML = their inner rate, DRS+TRPO = 0 (never adapted).
+
+Evaluation steps are counted separately from the training budget.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import envs
+from agents import metagrad
+from agents.core import DTYPES, adapt, as_stacked, inner_loss_fn, process
+from agents.policy import Params
+from agents.registry import make_policy
+from rlbench import seeding, store
+from rlbench.errors import UsageError
+from rlbench.progress import progress
+from rlbench.sampler import Sampler
+from rlbench.settings import RunConfig
+
+# Adam constants of the compatibility mode (TensorFlow's AdamOptimizer defaults used by GS).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+COLUMNS = ["env_id", "algo", "seed", "checkpoint", "budget_mark", "env_steps", "test_update", "task", "return", "success", "episodes"]
+
+
+@dataclass
+class PersistentAdam:
+    """A functional Adam whose moments persist across calls (GS compatibility mode)."""
+
+    lr: float
+    m: dict[str, torch.Tensor] = field(default_factory=dict)
+    v: dict[str, torch.Tensor] = field(default_factory=dict)
+    t: int = 0
+
+    def step(self, params: Params, grads: Params) -> Params:
+        b1, b2 = ADAM_BETAS
+        self.t += 1
+        out = {}
+        for k, g in grads.items():
+            self.m[k] = b1 * self.m.get(k, torch.zeros_like(g)) + (1 - b1) * g
+            self.v[k] = b2 * self.v.get(k, torch.zeros_like(g)) + (1 - b2) * g * g
+            mhat = self.m[k] / (1 - b1**self.t)
+            vhat = self.v[k] / (1 - b2**self.t)
+            out[k] = params[k] - self.lr * mhat / (torch.sqrt(vhat) + ADAM_EPS)
+        return out
+
+
+def gs_compat_lr(cfg: RunConfig) -> float:
+    """Test-time learning rate of GS's code for each algorithm (PROTOCOL.md section 6.3)."""
+    return {"drs-ppo": cfg.algo_cfg.learning_rate, "promp": cfg.algo_cfg.inner_lr,
+            "drs-trpo": 0.0, "trpo-maml": cfg.algo_cfg.inner_lr}[cfg.algo]
+
+
+def test_tasks(cfg: RunConfig) -> list[Any]:
+    """The meta-test tasks of a seed: identical for every algorithm of that seed."""
+    return envs.get_task_distribution(cfg.env_id).test_tasks(cfg.eval.n_tasks, seeding.generator(cfg.seed, "test-tasks"))
+
+
+def evaluate_params(cfg: RunConfig, sampler: Sampler, params: Params, checkpoint: int, tasks: list[Any]) -> tuple[list[dict], int]:
+    """Rows (one per task x test update) and the evaluation env steps for one parameter set."""
+    policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
+    dtype = DTYPES[cfg.dtype]
+    params = {k: v.detach().to(dtype) for k, v in params.items()}
+    ev = cfg.eval
+    lr = cfg.algo_cfg.effective_inner_lr
+    kind = cfg.paired_inner
+    rows: list[dict] = []
+    steps = 0
+    chunk = 1 if ev.gs_adam_compat else ev.task_chunk
+    adam = PersistentAdam(gs_compat_lr(cfg)) if ev.gs_adam_compat else None
+    for c0 in range(0, len(tasks), chunk):
+        chunk_tasks = tasks[c0 : c0 + chunk]
+        current = params
+        for t in range(ev.n_updates + 1):
+            rng = seeding.generator(cfg.seed, "eval", checkpoint, c0, t)
+            batch = sampler.collect(chunk_tasks, ev.episodes_per_task, policy.actor(current), rng)
+            steps += batch.env_steps
+            ret, succ = batch.task_returns(), batch.task_success()
+            for i in range(len(chunk_tasks)):
+                rows.append({"test_update": t, "task": c0 + i, "return": float(ret[i]), "success": float(succ[i]),
+                             "episodes": ev.episodes_per_task})
+            if t == ev.n_updates:
+                break
+            tb = process(policy, current, batch, cfg.advantage, dtype)
+            if adam is None:
+                current = adapt(policy, current, tb, lr, kind)
+            else:
+                start = as_stacked(current, len(chunk_tasks))
+                g = metagrad.grad(inner_loss_fn(kind, policy, tb), start)
+                current = adam.step(start, g)
+    return rows, steps
+
+
+def evaluate_run(run_dir: Path, n_workers: int | None = None, quiet: bool = False, n_tasks: int | None = None) -> pd.DataFrame:
+    """Evaluate every saved checkpoint of a run (resumable per checkpoint); writes evaluation.csv."""
+    run_dir = Path(run_dir)
+    if not store.is_run_dir(run_dir):
+        raise UsageError(f"{run_dir} is not an rlbench run directory (no {store.CONFIG_FILE} / {store.META_FILE})")
+    cfg = store.read_config(run_dir)
+    if n_tasks is not None and n_tasks != cfg.eval.n_tasks:
+        raise UsageError("the number of test tasks is part of the run's config (eval.n_tasks); set it at training time")
+    meta = store.read_meta(run_dir)
+    ckpts = meta.get("checkpoints", [])
+    if not ckpts:
+        raise UsageError(f"{run_dir} has no checkpoints yet; train it first")
+    tasks = test_tasks(cfg)
+    workers = cfg.sampler.n_workers if n_workers is None else n_workers
+    frames = []
+    done_steps: dict[str, int] = dict(meta.get("eval_steps_by_ckpt", {}))
+    todo = [c for c in ckpts if not store.eval_part_path(run_dir, c["index"]).exists()]
+    if todo:
+        per_ckpt = cfg.eval.n_tasks * (cfg.eval.n_updates + 1) * cfg.eval.episodes_per_task * cfg.sampler.horizon
+        bar = progress(total=per_ckpt * len(todo), desc=f"evaluate {cfg.algo} seed {cfg.seed}", disable=quiet)
+        with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=workers, backend=cfg.sampler.backend) as sampler:
+            for c in todo:
+                state = store.load_torch(store.ckpt_path(run_dir, c["index"]))
+                rows, steps = evaluate_params(cfg, sampler, state["params"], c["index"], tasks)
+                df = pd.DataFrame(rows)
+                df.insert(0, "env_steps", c["env_steps"])
+                df.insert(0, "budget_mark", c["budget_mark"])
+                df.insert(0, "checkpoint", c["index"])
+                df.insert(0, "seed", cfg.seed)
+                df.insert(0, "algo", cfg.algo)
+                df.insert(0, "env_id", cfg.env_id)
+                buf = io.StringIO()
+                df[COLUMNS].to_csv(buf, index=False)
+                store.write_text(store.eval_part_path(run_dir, c["index"]), buf.getvalue())
+                done_steps[str(c["index"])] = steps
+                store.update_meta(run_dir, eval_steps_by_ckpt=done_steps, eval_steps=int(sum(done_steps.values())))
+                bar.update(per_ckpt)
+        bar.close()
+    for c in ckpts:
+        frames.append(pd.read_csv(store.eval_part_path(run_dir, c["index"])))
+    table = pd.concat(frames, ignore_index=True)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    store.write_text(run_dir / store.EVAL_FILE, buf.getvalue())
+    return table
