@@ -77,7 +77,7 @@ class DRSPPO(DRSBase):
                 loss = self.loss(self.params, obs[idx], act[idx], adv[idx], logp_old[idx], ones[idx])
                 loss.backward()
                 self.optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         with torch.no_grad():  # sample estimate of KL(old || new) on the batch
             kl = float((logp_old - self.policy.log_prob(self.params, obs, act)).mean())
         return {**stats, "train/loss": losses[-1], "train/approx_kl": kl, "train/std": float(self.params["log_std"].detach().exp().mean())}

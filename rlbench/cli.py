@@ -12,8 +12,10 @@ from rlbench.errors import USER_ERRORS
 #: parser whose ``func(args) -> int`` runs the command.
 COMMAND_MODULES = [
     "rlbench.commands.envs_cmd",
+    "rlbench.commands.runs_cmd",
     "rlbench.commands.compare_cmd",
     "rlbench.commands.linreg_cmd",
+    "rlbench.commands.maml_variants_cmd",
 ]
 
 

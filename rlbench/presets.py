@@ -163,16 +163,21 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
     return exp
 
 
+def experiment_overrides(exp: ExperimentConfig, env_id: str, algo: str) -> dict[str, Any]:
+    """The experiment's run-config overrides for (env, algo): "all", then the env's family,
+    the env id, the algorithm and "env_id:algo", later keys winning."""
+    over: dict[str, Any] = {"n_checkpoints": exp.n_checkpoints}
+    for key in ("all", family_of(env_id), env_id, algo, f"{env_id}:{algo}"):
+        if key in exp.overrides:
+            over = config.merge(over, exp.overrides[key])
+    return over
+
+
 def experiment_run_configs(exp: ExperimentConfig) -> list[RunConfig]:
-    """Every run of the grid, with the experiment's overrides applied (family, then env id)."""
-    runs = []
-    for env_id in exp.envs:
-        fam = family_of(env_id)
-        for algo in exp.algos:
-            for seed in exp.seeds:
-                over: dict[str, Any] = {"n_checkpoints": exp.n_checkpoints}
-                for key in ("all", fam, env_id, algo, f"{env_id}:{algo}"):
-                    if key in exp.overrides:
-                        over = config.merge(over, exp.overrides[key])
-                runs.append(run_config(env_id, algo, seed, exp.budget or None, over))
-    return runs
+    """Every run of the grid, with the experiment's overrides applied."""
+    return [
+        run_config(env_id, algo, seed, exp.budget or None, experiment_overrides(exp, env_id, algo))
+        for env_id in exp.envs
+        for algo in exp.algos
+        for seed in exp.seeds
+    ]

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import envs
 from rlbench import config, store
 from rlbench.errors import UsageError
@@ -61,7 +63,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
             raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it (nothing was changed)")
         old = store.read_config(run_dir)
         diffs = store.diff_dicts(config.to_dict(old), config.to_dict(cfg))
-        diffs = [d for d in diffs if not d.startswith("sampler.n_workers") and not d.startswith("eval.task_chunk")]
+        # Settings that change speed but not results may differ on resume.
+        diffs = [d for d in diffs if d not in ("sampler.n_workers", "eval.task_chunk", "torch_threads")]
         if diffs:
             a, b = _lookup(config.to_dict(old), diffs[0]), _lookup(config.to_dict(cfg), diffs[0])
             raise UsageError(f"cannot resume {run_dir}: config differs in {diffs[0]} ({a!r} in the run, {b!r} now)")
@@ -123,6 +126,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     if meta.get("status") == "finished":
         return meta
     marks = cfg.checkpoint_marks
+    torch.set_num_threads(cfg.torch_threads)
     with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
         checkpoints: list[dict[str, Any]] = list(meta.get("checkpoints", []))
@@ -162,14 +166,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                     metrics["time/iteration_s"] = dt
                     metrics["time/steps_per_s"] = (trainer.budget.used - before) / dt
                     row = {"iteration": trainer.iteration, "env_steps": trainer.budget.used, **metrics}
-                    # State first, then the log line: a crash between them only loses a line that
-                    # resume drops anyway (rows beyond the saved iteration are discarded).
+                    # Log line first, then state: after a crash between them the log has one row
+                    # beyond the saved state, which resume drops (rows past the state's iteration).
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
                     store.save_torch(run_dir / store.STATE_FILE, {
                         "agent": trainer.agent.state_dict(), "iteration": trainer.iteration,
                         "env_steps": trainer.budget.used, "checkpoints": checkpoints, "wall_time_s": wall,
                     })
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
                     bar.update(trainer.budget.used - before)
                     bar.set_postfix({"ret": f"{metrics.get('rollout/return_mean', float('nan')):.1f}", "it": trainer.iteration})
                     store.update_meta(run_dir, budget_used=trainer.budget.used, iterations=trainer.iteration, wall_time_s=wall,

@@ -114,7 +114,8 @@ class GymStepper:
         self._probe.close()
 
 
-#: Stepper backends by name: ``factory(env_id, horizon, env_kwargs) -> Stepper``.
+#: Stepper backends by name: ``factory(env_id, horizon, env_kwargs) -> Stepper``; more are
+#: registered by :mod:`rlbench.backends` (imported at the end of this module).
 STEPPERS: dict[str, Callable[..., Stepper]] = {"gym": GymStepper}
 
 
@@ -171,12 +172,15 @@ class _Remote:
         child.close()
 
     def send(self, cmd: str, *payload: Any) -> None:
-        self.conn.send((cmd, payload))
+        try:
+            self.conn.send((cmd, payload))
+        except OSError:  # BrokenPipeError / ConnectionResetError: the worker is gone
+            raise SamplerError(f"sampler worker {self.proc.pid} died (exit code {self.proc.exitcode})") from None
 
     def recv(self) -> Any:
         try:
             status, result = self.conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             raise SamplerError(f"sampler worker {self.proc.pid} died (exit code {self.proc.exitcode})") from None
         if status == "error":
             raise SamplerError(f"sampler worker failed:\n{result}")
@@ -195,10 +199,10 @@ class _Remote:
 
 
 class _Local:
-    """The same interface as _Remote, in-process (n_workers == 1)."""
+    """The same interface as _Remote, in-process (n_workers == 1, or a threaded backend)."""
 
-    def __init__(self, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]):
-        self.stepper = STEPPERS[backend](env_id, horizon, env_kwargs)
+    def __init__(self, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any], **stepper_kwargs: Any):
+        self.stepper = STEPPERS[backend](env_id, horizon, env_kwargs, **stepper_kwargs)
         self._result: Any = None
 
     def send(self, cmd: str, *payload: Any) -> None:
@@ -253,8 +257,14 @@ class Sampler:
         self.total_steps = 0
         kwargs = dict(env_kwargs or {})
         self._workers: list = []
+        # A threaded backend parallelises inside this process: n_workers = its threads.
+        self.threaded = bool(getattr(STEPPERS[self.backend], "threaded", False))
         try:
-            if self.n_workers == 1:
+            if self.threaded:
+                w = _Local(self.backend, env_id, self.horizon, kwargs, threads=self.n_workers)
+                self.obs_dim, self.act_dim = w.stepper.obs_dim, w.stepper.act_dim
+                self._workers.append(w)
+            elif self.n_workers == 1:
                 w = _Local(self.backend, env_id, self.horizon, kwargs)
                 self.obs_dim, self.act_dim = w.stepper.obs_dim, w.stepper.act_dim
                 self._workers.append(w)
@@ -326,18 +336,30 @@ class Sampler:
             u, a_env = actor(obs_now.reshape(T, E, -1), noise.reshape(T, E, -1))
             u, a_env = u.reshape(n, -1), a_env.reshape(n, -1)
             parts = self._call("step", blocks, a_env, active)
-            nxt = np.concatenate([p[0] for p in parts])
-            r = np.concatenate([p[1] for p in parts])
-            te = np.concatenate([p[2] for p in parts])
-            sc = np.concatenate([p[3] for p in parts])
-            obs[active, t] = obs_now[active]
-            act[active, t] = u[active]
-            rew[active, t] = r[active]
-            valid[active, t] = True
-            lengths[active] += 1
+            if len(parts) == 1:
+                nxt, r, te, sc = parts[0]
+            else:
+                nxt, r, te, sc = (np.concatenate([p[k] for p in parts]) for k in range(4))
+            # Record the transitions of active slots (inactive rows stay zero). Plain copies
+            # when every slot is live; masked copies (no fancy-index gathers) otherwise.
+            if active.all():
+                obs[:, t] = obs_now
+                act[:, t] = u
+                rew[:, t] = r
+                valid[:, t] = True
+                lengths += 1
+                last_obs[:] = nxt
+            else:
+                live = active[:, None]
+                np.copyto(obs[:, t], obs_now, where=live)
+                np.copyto(act[:, t], u, where=live)
+                np.copyto(rew[:, t], r, where=active)
+                valid[:, t] = active
+                lengths += active
+                np.copyto(last_obs, nxt, where=live)
             reported = active & ~np.isnan(sc)
-            success[reported] = np.fmax(np.nan_to_num(success[reported], nan=0.0), sc[reported])
-            last_obs[active] = nxt[active]
+            if reported.any():
+                success[reported] = np.fmax(np.nan_to_num(success[reported], nan=0.0), sc[reported])
             ended = active & te
             terminated |= ended
             active &= ~te
@@ -355,3 +377,9 @@ class Sampler:
             lengths=shape(lengths), terminated=shape(terminated), truncated=shape(~terminated),
             last_obs=shape(last_obs), success=shape(success), env_steps=steps,
         )
+
+
+# Register the non-gym backends (rlbench.backends imports envs only, never this module).
+from rlbench import backends as _backends  # noqa: E402
+
+_backends.register(STEPPERS)

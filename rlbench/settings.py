@@ -146,8 +146,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paired_inner: str = ""  # the MAML algorithm whose inner update evaluates this run (set by presets)
     dtype: Literal["float32", "float64"] = "float32"
+    torch_threads: int = 1  # intra-op threads of the learner (1 avoids OpenMP contention with env workers)
 
     def validate(self, p: str = "") -> None:
+        _check(self.torch_threads >= 1, p, "torch_threads", "must be >= 1")
         _check(self.algo in ALGOS, p, "algo", f"unknown algorithm {self.algo!r} (known: {', '.join(ALGOS)})")
         _check(self.seed >= 0, p, "seed", "must be >= 0")
         _check(self.budget >= 0, p, "budget", "must be >= 0")

@@ -1,0 +1,50 @@
+"""Stepper backends beyond ``"gym"``, registered into :data:`rlbench.sampler.STEPPERS`.
+
+``rlbench.sampler`` calls :func:`register` when it is imported, so every sampler sees the
+same backends. A backend is a factory ``factory(env_id, horizon, env_kwargs, **kw) -> Stepper``
+with optional attributes:
+
+- ``supports(env_id) -> bool``: ``backend="auto"`` picks the first registered backend that
+  supports the environment (only register backends here that are faster than ``"gym"``
+  where they claim support; scripts/bench_sampler.py measures it).
+- ``threaded = True``: the backend parallelises inside ONE process; the sampler then creates
+  a single in-process stepper with ``threads=n_workers`` instead of ``n_workers`` worker
+  processes.
+
+Dependency direction: rlbench imports envs, never the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+
+def mujoco_batched(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+    """The four locomotion environments, all slots of a batch stepped together
+    (:class:`envs.locomotion_batched.BatchedLocomotionStepper`); bit-identical to ``"gym"``.
+
+    ``n_workers`` means physics threads in the sampler's own process for this backend: on
+    2 cores one process with 2 threads beats 2 worker processes with 1 thread each (no
+    pipe transfers, the policy and the physics share one address space; measured by
+    scripts/bench_sampler.py, results/bench/README.md).
+    """
+    from envs.locomotion_batched import BatchedLocomotionStepper  # imports mujoco: only when used
+
+    return BatchedLocomotionStepper(env_id, horizon, env_kwargs, threads=threads)
+
+
+def _supports_locomotion(env_id: str) -> bool:
+    from envs.locomotion_batched import supports
+
+    return supports(env_id)
+
+
+mujoco_batched.supports = _supports_locomotion  # type: ignore[attr-defined]
+mujoco_batched.threaded = True  # type: ignore[attr-defined]
+
+
+def register(steppers: dict[str, Callable[..., Any]]) -> None:
+    """Add this module's backends to ``steppers`` (the sampler's STEPPERS)."""
+    steppers.setdefault("mujoco-batched", mujoco_batched)

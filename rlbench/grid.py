@@ -1,0 +1,135 @@
+"""Running an experiment grid: train + evaluate every run, locally or on a Ray cluster, then compare.
+
+A run is one job: ``run_job`` trains (resuming whatever is there) and evaluates; it is
+idempotent, so rerunning an experiment skips finished work and resumes interrupted runs.
+Locally the jobs go to a process pool (no server needed); with ``ray_address`` they become
+Ray tasks (retried on failure) writing to the shared results directory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlbench import config, presets, store
+from rlbench.evaluator import evaluate_run
+from rlbench.runner import train
+from rlbench.sampler import default_workers
+from rlbench.settings import ExperimentConfig, RunConfig
+
+EXPERIMENT_FILE = "experiment.yaml"
+COMPARISON_DIR = "comparison"
+
+
+def run_dir_for(out: Path, cfg: RunConfig) -> Path:
+    env_slug = cfg.env_id.replace("/", "_")
+    return Path(out) / env_slug / cfg.algo / f"seed_{cfg.seed}"
+
+
+def is_complete(run_dir: Path) -> bool:
+    if not store.is_run_dir(run_dir) or not (run_dir / store.EVAL_FILE).exists():
+        return False
+    meta = store.read_meta(run_dir)
+    return meta.get("status") == "finished" and all(store.eval_part_path(run_dir, c["index"]).exists() for c in meta["checkpoints"])
+
+
+def run_job(cfg_dict: dict[str, Any], run_dir: str, quiet: bool = True) -> dict[str, Any]:
+    """Train (resuming) and evaluate one run. Safe to call again after a crash."""
+    cfg = config.from_dict(RunConfig, cfg_dict)
+    path = Path(run_dir)
+    if not is_complete(path):
+        train(cfg, path, resume=True, quiet=quiet)
+        evaluate_run(path, quiet=quiet)
+    meta = store.read_meta(path)
+    return {"run_dir": str(path), "status": meta["status"], "budget_used": meta["budget_used"], "eval_steps": meta.get("eval_steps", 0)}
+
+
+def _write_experiment(exp: ExperimentConfig, out: Path) -> None:
+    path = out / EXPERIMENT_FILE
+    text = yaml.safe_dump(config.to_dict(exp), sort_keys=False)
+    if path.exists():
+        old = config.load(ExperimentConfig, path)
+        diffs = store.diff_dicts(config.to_dict(old), config.to_dict(exp))
+        if diffs:
+            from rlbench.errors import UsageError
+
+            raise UsageError(f"{out} holds a different experiment (differs in {diffs[0]}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    store.write_text(path, text)
+
+
+def run_experiment(
+    exp: ExperimentConfig,
+    out: Path,
+    parallel: int = 1,
+    ray_address: str | None = None,
+    quiet: bool = False,
+    compare: bool = True,
+    max_retries: int = 2,
+    workers_per_run: int | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate the grid, then write the comparison. Returns a summary dict."""
+    out = Path(out)
+    configs = presets.experiment_run_configs(exp)
+    _write_experiment(exp, out)
+    if workers_per_run is None:  # sampler workers of each run
+        workers_per_run = 1 if ray_address else (max(1, default_workers() // parallel) if parallel > 1 else 0)
+    jobs = []
+    for cfg in configs:
+        if cfg.sampler.n_workers == 0 and workers_per_run:
+            cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, n_workers=workers_per_run))
+        jobs.append((config.to_dict(cfg), str(run_dir_for(out, cfg))))
+    todo = [j for j in jobs if not is_complete(Path(j[1]))]
+    if not quiet:
+        print(f"{exp.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already complete, {len(todo)} to do", file=sys.stderr)
+    if ray_address:
+        results = _run_ray(todo, ray_address, max_retries)
+    elif parallel > 1:
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+            results = list(pool.map(run_job, *zip(*[(c, d, True) for c, d in todo]))) if todo else []
+    else:
+        results = [run_job(c, d, quiet) for c, d in todo]
+    summary: dict[str, Any] = {"runs": len(jobs), "ran": results, "out": str(out)}
+    if compare:
+        summary["comparison"] = compare_experiment(exp, out)
+    return summary
+
+
+def compare_experiment(exp: ExperimentConfig, out: Path) -> dict[str, str]:
+    from rlbench.commands.compare_cmd import compare
+
+    algos = set(exp.algos)
+    pairs = [p for p in exp.pairs if set(p.split(":")) <= algos]
+    if not pairs:
+        return {}
+    return compare(out, pairs, out / COMPARISON_DIR)
+
+
+def _run_ray(todo: list[tuple[dict, str]], address: str, max_retries: int) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        from rlbench.errors import UsageError
+
+        raise UsageError("--ray-address needs Ray: pip install -e '.[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, ignore_reinit_error=True, log_to_driver=False)
+        started = True
+    try:
+        refs = []
+        for cfg_dict, run_dir in todo:
+            cpus = cfg_dict["sampler"]["n_workers"] or 1
+            task = ray.remote(num_cpus=cpus, max_retries=max_retries, retry_exceptions=True)(run_job)
+            refs.append(task.remote(cfg_dict, run_dir, True))
+        return ray.get(refs)
+    finally:
+        if started and address == "local":
+            ray.shutdown()
