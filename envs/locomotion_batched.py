@@ -126,6 +126,7 @@ class BatchedLocomotionStepper:
         self._scratch = [mujoco.MjData(m) for _ in range(self.threads)]
         self._pool = ThreadPoolExecutor(max_workers=self.threads - 1) if self.threads > 1 else None
         self._state = np.zeros((0, self.nstate))
+        self._rows: list[np.ndarray] = []
         self._goal = np.zeros(0)
         self._models: list[mujoco.MjModel] = []  # rand-params: one per slot
         self._model_tasks: list[Any] = []  # the task each per-slot model currently holds
@@ -137,6 +138,7 @@ class BatchedLocomotionStepper:
         for t in tasks:
             self._dist.validate(t)
         self._state = np.zeros((n, self.nstate))
+        self._rows = list(self._state)  # row views, made once (the physics loop is per slot)
         if self.spec.task_kind == "velocity":
             self._goal = np.array([t.goal_velocity for t in tasks], dtype=np.float64)
         else:
@@ -215,18 +217,18 @@ class BatchedLocomotionStepper:
     def _run(self, slots: list[int], d: mujoco.MjData) -> None:
         """Load each slot into scratch data ``d``, mj_step frame_skip times (GIL released), store back."""
         set_state, get_state, step = mujoco.mj_setState, mujoco.mj_getState, mujoco.mj_step
-        state, spec, fs = self._state, STATE_SPEC, self.frame_skip
+        rows, spec, fs = self._rows, STATE_SPEC, self.frame_skip
         if self._models:
             models = self._models
             for i in slots:
-                m, x = models[i], state[i]
+                m, x = models[i], rows[i]
                 set_state(m, d, x, spec)
                 step(m, d, fs)
                 get_state(m, d, x, spec)
         else:
             m = self.model
             for i in slots:
-                x = state[i]
+                x = rows[i]
                 set_state(m, d, x, spec)
                 step(m, d, fs)
                 get_state(m, d, x, spec)

@@ -233,6 +233,8 @@ class Sampler:
 
     ``n_workers``: 0 means one per core; 1 steps in-process. Workers are daemon processes,
     closed on :meth:`close`, at interpreter exit, and when the sampler is garbage collected.
+    For a backend marked ``threaded`` (``"mujoco-batched"``, see :mod:`rlbench.backends`)
+    ``n_workers`` is the number of physics threads of ONE in-process stepper instead.
     """
 
     def __init__(

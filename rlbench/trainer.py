@@ -13,7 +13,7 @@ from agents.policy import Params
 from agents.registry import make_agent
 from rlbench import seeding
 from rlbench.batch import Batch
-from rlbench.budget import StepBudget
+from rlbench.budget import BudgetExhausted, StepBudget
 from rlbench.sampler import Sampler
 from rlbench.settings import RunConfig
 
@@ -41,6 +41,11 @@ class Trainer:
         return self.budget.can_afford(self.cfg.iteration_steps)
 
     def iterate(self) -> dict[str, float]:
+        """One training iteration; refuses (before sampling anything) if it cannot be paid in full."""
+        if not self.can_iterate():
+            raise BudgetExhausted(
+                f"an iteration costs up to {self.cfg.iteration_steps} steps; only {self.budget.remaining} of {self.budget.total} left"
+            )
         tasks = self.tasks.sample(self.cfg.sampler.meta_batch_size, seeding.generator(self.cfg.seed, "train-tasks", self.iteration))
         self._round = 0
         metrics = self.agent.train_iteration(self.collect, tasks, seeding.generator(self.cfg.seed, "minibatch", self.iteration))

@@ -170,22 +170,30 @@ def gym_loop(env_id: str, unwrapped: bool) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def sampler_rate(env_id: str, backend: str, n_workers: int, n_tasks: int, episodes: int, repeats: int) -> dict[str, Any]:
-    tasks = envs.get_task_distribution(env_id).sample(n_tasks, np.random.default_rng(0))
-    hidden = (100, 100) if envs.entry(env_id).family == "metaworld" else (64, 64)
-    with Sampler(env_id, n_workers=n_workers, backend=backend) as sampler:
-        policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, hidden, init_std=1.0, action_scale=10.0)
-        actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
+class _Timed:
+    """One sampler configuration of (c): a live Sampler, its actor and tasks; warmed up on creation."""
+
+    def __init__(self, env_id: str, backend: str, n_workers: int, n_tasks: int, episodes: int):
+        self.tasks = envs.get_task_distribution(env_id).sample(n_tasks, np.random.default_rng(0))
+        self.episodes = episodes
+        hidden = (100, 100) if envs.entry(env_id).family == "metaworld" else (64, 64)
+        self.sampler = Sampler(env_id, n_workers=n_workers, backend=backend)
+        policy = GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, hidden, init_std=1.0, action_scale=10.0)
+        self.actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
         t0 = time.perf_counter()
-        sampler.collect(tasks, episodes, actor, np.random.default_rng(0))  # warm-up (env pools)
-        warmup = time.perf_counter() - t0
-        rates, steps = [], 0
-        for rep in range(repeats):
-            t0 = time.perf_counter()
-            batch = sampler.collect(tasks, episodes, actor, np.random.default_rng(rep + 1))
-            rates.append(batch.env_steps / (time.perf_counter() - t0))
-            steps = batch.env_steps
-    return {"steps_per_s": max(rates), "all": rates, "env_steps_per_batch": steps, "warmup_s": warmup}
+        self.sampler.collect(self.tasks, episodes, self.actor, np.random.default_rng(0))  # builds env pools
+        self.warmup_s = time.perf_counter() - t0
+        self.rates: list[float] = []
+        self.steps = 0
+
+    def measure(self, rep: int) -> None:
+        t0 = time.perf_counter()
+        batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1))
+        self.rates.append(batch.env_steps / (time.perf_counter() - t0))
+        self.steps = batch.env_steps
+
+    def result(self) -> dict[str, Any]:
+        return {"steps_per_s": max(self.rates), "all": self.rates, "env_steps_per_batch": self.steps, "warmup_s": self.warmup_s}
 
 
 # --------------------------------------------------------------------------------------
@@ -196,6 +204,8 @@ def _env_id(name: str) -> str:
 
 
 def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict[str, Any]:
+    """All lines of one environment. Every line is measured --repeats times, interleaved (so a
+    change of background load hits all lines alike), and the best rate is reported."""
     metaworld = envs.entry(env_id).family == "metaworld"
     if metaworld:
         n_tasks, episodes = args.mw_tasks, args.mw_episodes
@@ -203,20 +213,32 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
         n_tasks, episodes = max(1, round(PAPER_TASKS * args.fraction)), PAPER_EPISODES
     horizon = envs.entry(env_id).max_episode_steps
     res: dict[str, Any] = {"batch": {"tasks": n_tasks, "episodes_per_task": episodes, "horizon": horizon}}
-    print(f"[{env_id}] (a) physics", file=sys.stderr, flush=True)
-    a = physics_limits(env_id, rng)
-    res["a_physics_limit"] = a
-    print(f"[{env_id}] (b) gym loops", file=sys.stderr, flush=True)
-    b = {"wrapped": gym_loop(env_id, unwrapped=False), "unwrapped": gym_loop(env_id, unwrapped=True)}
-    res["b_gym_loop"] = b
     configs = [("gym", 1), ("gym", workers)]
     if not metaworld and STEPPERS["mujoco-batched"].supports(env_id):
         configs += [("mujoco-batched", 1), ("mujoco-batched", workers), ("mujoco-batched-processes", workers)]
-    c: dict[str, Any] = {}
-    for backend, nw in configs:
-        print(f"[{env_id}] (c) sampler {backend} x{nw}", file=sys.stderr, flush=True)
-        c[f"{backend}/{nw}"] = sampler_rate(env_id, backend, nw, n_tasks, episodes, args.repeats)
+    print(f"[{env_id}] starting {len(configs)} samplers", file=sys.stderr, flush=True)
+    timed = {f"{backend}/{nw}": _Timed(env_id, backend, nw, n_tasks, episodes) for backend, nw in configs}
+    a_runs: dict[str, list[float]] = {}
+    b_runs: dict[str, list[float]] = {"wrapped": [], "unwrapped": []}
+    try:
+        for rep in range(args.repeats):
+            print(f"[{env_id}] repeat {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
+            for k, v in physics_limits(env_id, rng).items():
+                a_runs.setdefault(k, []).append(v)
+            b_runs["wrapped"].append(gym_loop(env_id, unwrapped=False))
+            b_runs["unwrapped"].append(gym_loop(env_id, unwrapped=True))
+            for t in timed.values():
+                t.measure(rep)
+    finally:
+        for t in timed.values():
+            t.sampler.close()
+    a = {k: max(v) for k, v in a_runs.items()}
+    b = {k: max(v) for k, v in b_runs.items()}
+    c = {k: t.result() for k, t in timed.items()}
+    res["a_physics_limit"] = a
+    res["b_gym_loop"] = b
     res["c_sampler"] = c
+    res["all_runs"] = {"a": a_runs, "b": b_runs}
     res["ratios"] = {
         key: {
             "c_over_b_wrapped": v["steps_per_s"] / b["wrapped"],
@@ -236,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fraction", type=float, default=0.5, help="fraction of the paper's 40 tasks (x 20 episodes x 200)")
     p.add_argument("--mw-tasks", type=int, default=4, help="Meta-World tasks per batch (gym backend only)")
     p.add_argument("--mw-episodes", type=int, default=5, help="Meta-World episodes per task")
-    p.add_argument("--repeats", type=int, default=1, help="timed collects per sampler config (after one warm-up)")
+    p.add_argument("--repeats", type=int, default=2, help="measurements of every line (best reported); sampler configs get one extra, untimed warm-up collect")
     p.add_argument("--workers", type=int, default=0, help="'all workers' (0: one per core)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)

@@ -160,7 +160,7 @@ def test_gae_and_returns_match_episode_loops(gamma, lam):
 @pytest.mark.parametrize("normalize", [False, True])
 def test_compute_advantages_matches_oracle(bootstrap, normalize):
     rng = np.random.default_rng(1)
-    T, E, H = 2, 5, 8
+    H = 8
     lengths = np.array([[8, 3, 8, 5, 1], [8, 8, 2, 7, 8]])
     terminated = lengths < H  # ended early = terminated; horizon-cut = truncated
     terminated[0, 0] = False

@@ -111,6 +111,21 @@ def test_sampler_batches_identical_across_backends_and_workers(name, horizon, pr
         assert ended.any() and not ended.all()
 
 
+def test_only_active_slots_are_stepped_and_counted(monkeypatch):
+    """Count the slots the batched stepper actually steps: equal to env_steps and valid.sum()."""
+    stepped = {"n": 0}
+    orig = BatchedLocomotionStepper._run
+
+    def counting_run(self, slots, d):
+        stepped["n"] += len(slots)
+        return orig(self, slots, d)
+
+    monkeypatch.setattr(BatchedLocomotionStepper, "_run", counting_run)
+    (batch, batch2), total = _collect("rlbench/HopperRandParams-v0", "mujoco-batched", 2, 30)
+    assert stepped["n"] == total == batch.env_steps + batch2.env_steps == int(batch.valid.sum() + batch2.valid.sum())
+    assert batch.env_steps < batch.valid.size  # some episodes ended early and were not stepped on
+
+
 def test_auto_picks_batched_for_locomotion_only():
     for name in LOCOMOTION:
         assert supports(f"rlbench/{name}-v0")

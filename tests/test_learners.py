@@ -14,7 +14,6 @@ from agents.core import conjugate_gradient, fvp_of_kl, ppo_clip_objective, trpo_
 from agents.policy import GaussianMLPPolicy, flat, unflat
 from rlbench.settings import AlgoConfig
 
-
 F64 = torch.float64
 POLICY = GaussianMLPPolicy(obs_dim=2, act_dim=1, hidden_sizes=(3,), init_std=1.0, action_scale=10.0)
 

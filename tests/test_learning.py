@@ -85,7 +85,7 @@ def difference(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("algo,iterations,margin", [("drs-ppo", 10, 2.0), ("drs-trpo", 10, 1.5)])
 def test_drs_improves_the_return_on_fixed_tasks(algo, iterations, margin):
-    cfg, sampler, trainer = train(POINT, algo, seed=0, iterations=iterations)
+    _cfg, sampler, trainer = train(POINT, algo, seed=0, iterations=iterations)
     tasks = eval_tasks(POINT)
     with sampler:
         before = episode_returns(sampler, trainer, trainer.agent.params, tasks)
@@ -119,7 +119,7 @@ def test_drs_ppo_halfcheetah_return_rises():
     """A short DRS+PPO run on HalfCheetahRandVel (protocol learning rate, 10 tasks x 2 episodes
     x 200 steps per iteration instead of 40 x 20): the return on fixed tasks rises."""
     env = "rlbench/HalfCheetahRandVel-v0"
-    cfg, sampler, trainer = train(env, "drs-ppo", seed=0, iterations=30,
+    _cfg, sampler, trainer = train(env, "drs-ppo", seed=0, iterations=30,
                                   overrides={"sampler": {"meta_batch_size": 10, "episodes_per_task": 2, "n_workers": 2}})
     tasks = eval_tasks(env, 10)
     with sampler:

@@ -12,6 +12,8 @@ form, autograd through the whole chain, and Hessians from torch.autograd.functio
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -209,7 +211,7 @@ def test_clipped_promp_outer_objective_matches_finite_differences():
 
     phi1 = metagrad.inner_chain(theta, losses, LR)[-1]
     ratio = torch.exp(POLICY.log_prob(phi1, post.obs, post.actions) - post.logp_old)
-    assert float(((ratio - 0.7).abs().min())) > 1e-3 and float(((ratio - 1.3).abs().min())) > 1e-3
+    assert float((ratio - 0.7).abs().min()) > 1e-3 and float((ratio - 1.3).abs().min()) > 1e-3
     g, _ = metagrad.meta_gradient(theta, losses, LR, outer)
     fd = fd_gradient(lambda th: meta_objective(th, losses, LR, outer), theta)
     torch.testing.assert_close(flat(g), fd, rtol=1e-5, atol=1e-7)
@@ -255,7 +257,7 @@ def test_hessian_free_converges_to_second_order():
     deltas = [1e-1, 10**-1.5, 1e-2, 10**-2.5]
     errs = [float((flat(metagrad.meta_gradient(theta, losses, LR, outer, "hessian-free", d)[0]) - so).norm()) for d in deltas]
     assert errs[0] > 1e-8 * float(so.norm())  # the estimator is not trivially exact here
-    for a, b in zip(errs, errs[1:]):
+    for a, b in itertools.pairwise(errs):
         # delta / sqrt(10) each time: a delta^2 error shrinks ~10x per step
         assert 4 < a / b < 25, errs
     # a small delta (before roundoff dominates) is very accurate

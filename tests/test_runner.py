@@ -201,7 +201,7 @@ def test_existing_results_are_never_overwritten(tmp_path, capsys):
 def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys):
     run = tmp_path / "r"
     code = main(["train", "--env", ENV, "--algo", "drs-ppo", "--seed", "1", "--budget", str(12 * UNIT), "--out", str(run),
-                 "--quiet", *SET_ARGS, "--set", "algo_cfg.learning_rate=1e38"])
+                 "--quiet", *SET_ARGS, "--set", "algo_cfg.learning_rate=1e30"])
     assert code == 1
     assert "non-finite" in capsys.readouterr().err
     meta = store.read_meta(run)

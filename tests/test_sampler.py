@@ -231,7 +231,9 @@ def assert_all_gone(procs):
     live = {c.pid for c in mp.active_children()}
     assert not live & {p.pid for p in procs}
     for p in procs:  # reaped, not zombies
-        assert not os.path.exists(f"/proc/{p.pid}") or open(f"/proc/{p.pid}/stat").read().split()[2] != "Z"
+        if os.path.exists(f"/proc/{p.pid}"):
+            with open(f"/proc/{p.pid}/stat") as f:
+                assert f.read().split()[2] != "Z"
 
 
 def test_close_stops_every_worker_and_closed_sampler_refuses(alarm):

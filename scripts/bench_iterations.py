@@ -1,0 +1,114 @@
+"""Time training iterations split into sampling and update, and project the paper preset's cost.
+
+For each environment and algorithm: run a few iterations at the protocol's batch shape (or
+``--fraction`` of the tasks per iteration), measure wall time spent in the sampler and in the
+learner update, peak memory, and the steps/s of sampling. From these, project the cost of one
+run of the ``paper`` preset (320M / 600M steps) in core-hours and the wall time of the whole
+grid on a cluster of ``--cluster-cores`` cores.
+
+    python scripts/bench_iterations.py --envs rlbench/HalfCheetahRandVel-v0 --algos promp trpo-maml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+from rlbench import config, presets
+from rlbench.sampler import Sampler
+from rlbench.trainer import Trainer
+
+
+def peak_rss_mb() -> dict[str, float]:
+    return {
+        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int) -> dict:
+    cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
+    tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
+    cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads)
+    torch.set_num_threads(threads)
+    with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
+        trainer = Trainer(cfg, sampler)
+        sample_time = 0.0
+        collect = trainer.collect
+
+        def timed_collect(tasks_, params):
+            nonlocal sample_time
+            t0 = time.perf_counter()
+            b = collect(tasks_, params)
+            sample_time += time.perf_counter() - t0
+            return b
+
+        trainer.collect = timed_collect
+        trainer.iterate()  # warm-up (env construction, first allocations)
+        sample_time = 0.0
+        steps0 = trainer.budget.used
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            trainer.iterate()
+        total = time.perf_counter() - t0
+        steps = trainer.budget.used - steps0
+        backend, n_workers = sampler.backend, sampler.n_workers
+    update = total - sample_time
+    full_scale = cfg.sampler.meta_batch_size / tasks
+    return {
+        "env": env_id, "algo": algo, "backend": backend, "workers": n_workers, "torch_threads": threads,
+        "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,
+        "iteration_s": total / iterations, "sampling_s": sample_time / iterations, "update_s": update / iterations,
+        "update_share": update / total, "sampling_steps_per_s": steps / sample_time, "steps_per_s": steps / total,
+        "steps_per_iteration": steps / iterations, "paper_iteration_s_estimate": total / iterations * full_scale,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
+    """Paper-preset cost from measured steps/s (per run: budget / steps_per_s x workers cores)."""
+    out = {}
+    for r in rows:
+        budget = presets.FAMILIES[presets.family_of(r["env"])].budget
+        wall_h = budget / r["steps_per_s"] / 3600
+        core_h = wall_h * r["workers"]
+        out[f"{r['env']}:{r['algo']}"] = {"run_wall_h": round(wall_h, 1), "run_core_h": round(core_h, 1),
+                                          "steps_per_s_per_core": round(r["steps_per_s"] / r["workers"])}
+    total_core_h = sum(v["run_core_h"] for v in out.values()) * seeds
+    return {"per_run": out, "seeds": seeds, "grid_core_h_measured_pairs": round(total_core_h),
+            f"grid_wall_h_on_{cluster_cores}_cores": round(total_core_h / cluster_cores, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--envs", nargs="+", default=["rlbench/HalfCheetahRandVel-v0"])
+    p.add_argument("--algos", nargs="+", default=["drs-ppo", "promp", "drs-trpo", "trpo-maml"])
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="learner torch threads")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--cluster-cores", type=int, default=64)
+    p.add_argument("--out")
+    a = p.parse_args()
+    rows = []
+    for env_id in a.envs:
+        for algo in a.algos:
+            rows.append(bench(env_id, algo, a.iterations, a.fraction, a.workers, a.threads))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    result = {"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
