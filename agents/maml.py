@@ -112,7 +112,7 @@ class ProMP(MAMLBase):
         T = len(tasks)
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = as_stacked(self.params, T)
-            g_meta, phis = metagrad.meta_gradient(theta, losses, self.inner_lr, outer, self.estimator, self.delta)
+            g_meta, _ = metagrad.meta_gradient(theta, losses, self.inner_lr, outer, self.estimator, self.delta)
             self.optimizer.zero_grad()
             kl_term = self.eta * pre.task_mean(self.policy.kl(old, self.params, pre.obs)).mean()
             kl_term.backward()

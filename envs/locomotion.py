@@ -321,6 +321,6 @@ class RandParamsTasks(TaskDistribution):
 TASK_DISTRIBUTIONS = {"velocity": VelocityTasks, "params": RandParamsTasks}
 
 
-def LocomotionTasks(name: str) -> TaskDistribution:  # noqa: N802 - registry entry point
+def LocomotionTasks(name: str) -> TaskDistribution:
     """The task distribution of locomotion environment ``name``."""
     return TASK_DISTRIBUTIONS[SPECS[name].task_kind](name)

@@ -48,6 +48,7 @@ from gymnasium.utils import seeding
 
 from envs.locomotion import (
     SPECS,
+    TASK_DISTRIBUTIONS,
     RandParamsTask,
     VelocityTask,
     apply_params,
@@ -57,7 +58,6 @@ from envs.locomotion import (
     original_params,
     reset_state,
     reward,
-    TASK_DISTRIBUTIONS,
 )
 from envs.registry import entry
 
@@ -234,4 +234,4 @@ class BatchedLocomotionStepper:
                 get_state(m, d, x, spec)
 
 
-__all__ = ["BatchedLocomotionStepper", "STATE_SPEC", "VelocityTask", "supports"]
+__all__ = ["STATE_SPEC", "BatchedLocomotionStepper", "VelocityTask", "supports"]

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-
 def mujoco_batched(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
     """The four locomotion environments, all slots of a batch stepped together
     (:class:`envs.locomotion_batched.BatchedLocomotionStepper`); bit-identical to ``"gym"``.

@@ -382,6 +382,6 @@ class Sampler:
 
 
 # Register the non-gym backends (rlbench.backends imports envs only, never this module).
-from rlbench import backends as _backends  # noqa: E402
+from rlbench import backends as _backends
 
 _backends.register(STEPPERS)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from rlbench import store
 from rlbench.errors import UsageError
 
 OUTPUT_NAMES = ("linreg.csv", "linreg.png", "linreg.pdf", "linreg.json")
@@ -98,9 +98,6 @@ def _run(args: argparse.Namespace) -> int:
     settings = _validate(args)
     paths = _output_paths(args.out, args.force)  # checked before any computing
 
-    import matplotlib
-    import numpy as np
-    import pandas as pd
 
     from rlbench.theory.linreg import figure3, plot_figure3
 
@@ -127,12 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         "compute_seconds": round(compute_s, 2),
         "wall_seconds": round(wall_s, 2),
         "moments": "exact (Gauss-Legendre, Haar average)" if settings["p"] <= 12 else "Monte Carlo",
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "matplotlib": matplotlib.__version__,
-        },
+        "versions": store.versions(),
         "reference": "Gao & Sener, Modeling and Optimization Trade-off in Meta-learning, NeurIPS 2020, Fig. 3; PROTOCOL.md s.8",
     }
     paths["json"].write_text(json.dumps(meta, indent=2) + "\n")

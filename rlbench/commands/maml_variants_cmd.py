@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from rlbench import store
 from rlbench.errors import UsageError
 
 OUTPUT_NAMES = (
@@ -75,10 +75,6 @@ def _run(args: argparse.Namespace) -> int:
     seed = _parse_int("--seed", args.seed, 0) if args.seed is not None else DEFAULTS.seed
     paths = _output_paths(args.out, args.force)  # checked before any computing
 
-    import matplotlib
-    import numpy as np
-    import pandas as pd
-    import torch
 
     from rlbench.theory import maml_variants as mv
 
@@ -107,13 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         "factorisation_seconds": round(fact_s, 2),
         "compute_seconds": round(compute_s, 2),
         "wall_seconds": round(wall_s, 2),
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "torch": torch.__version__,
-            "matplotlib": matplotlib.__version__,
-        },
+        "versions": store.versions(),
         "references": [
             "Fallah, Mokhtari & Ozdaglar, On the Convergence Theory of Gradient-Based Model-Agnostic Meta-Learning Algorithms, AISTATS 2020",
             "Ji, Yang & Liang, Multi-Step Model-Agnostic Meta-Learning: Convergence and Improved Algorithms (Theoretical Convergence of Multi-Step MAML, JMLR 2022)",

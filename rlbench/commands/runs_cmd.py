@@ -39,9 +39,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlbench.runner import NonFiniteError, train
-
     import envs
+    from rlbench.runner import NonFiniteError, train
 
     envs.entry(args.env)
     over = _run_overrides(args)
