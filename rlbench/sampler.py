@@ -114,6 +114,9 @@ class GymStepper:
         self._probe.close()
 
 
+#: Seconds between a worker's checks that its parent process is still alive.
+PARENT_CHECK_S = 1.0
+
 #: Stepper backends by name: ``factory(env_id, horizon, env_kwargs) -> Stepper``; more are
 #: registered by :mod:`rlbench.backends` (imported at the end of this module).
 STEPPERS: dict[str, Callable[..., Stepper]] = {"gym": GymStepper}
@@ -132,14 +135,21 @@ def resolve_backend(backend: str, env_id: str) -> str:
     return "gym"
 
 
-def _worker_main(conn, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]) -> None:
+def _worker_main(conn, parent_end, parent_pid: int, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]) -> None:
     # Ctrl-C is handled by the main process, which then closes the workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked child inherits the parent's end of its own pipe (and of its siblings' pipes), so
+    # it would never see EOF if the parent died: close ours, and also poll the parent's pid.
+    parent_end.close()
     stepper = None
     try:
         stepper = STEPPERS[backend](env_id, horizon, env_kwargs)
         conn.send(("ok", (stepper.obs_dim, stepper.act_dim)))
         while True:
+            if not conn.poll(PARENT_CHECK_S):
+                if os.getppid() != parent_pid:  # parent gone (e.g. SIGKILL): exit, do not linger
+                    break
+                continue
             try:
                 cmd, payload = conn.recv()
             except EOFError:
@@ -151,10 +161,12 @@ def _worker_main(conn, backend: str, env_id: str, horizon: int, env_kwargs: dict
                 conn.send(("ok", result))
             except Exception:  # reported to the main process, which raises SamplerError
                 conn.send(("error", traceback.format_exc()))
+    except (BrokenPipeError, EOFError, OSError):
+        pass  # the parent went away
     except Exception:
         try:
             conn.send(("error", traceback.format_exc()))
-        except Exception:
+        except OSError:
             pass
     finally:
         if stepper is not None:
@@ -167,7 +179,9 @@ class _Remote:
 
     def __init__(self, ctx, backend: str, env_id: str, horizon: int, env_kwargs: dict[str, Any]):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, backend, env_id, horizon, env_kwargs), daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, self.conn, os.getpid(), backend, env_id, horizon, env_kwargs), daemon=True
+        )
         self.proc.start()
         child.close()
 

@@ -124,6 +124,20 @@ def test_persistent_adam_matches_torch_adam():
         assert torch.allclose(cur["w"], ref.detach(), atol=1e-12)
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlbench.cli", *args], capture_output=True, text=True, timeout=300)
 
@@ -139,8 +153,15 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         if (run / store.STATE_FILE).exists() and store.load_torch(run / store.STATE_FILE)["iteration"] >= 3:
             break
         time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2  # the sampler's worker processes
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # orphaned workers notice their parent is gone and exit (no processes left behind)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
     meta = store.read_meta(run)
     assert meta["status"] == "running"  # really interrupted
     res = _cli(*base, "--out", str(run), "--resume")
