@@ -50,7 +50,6 @@ from envs.locomotion import (
     SPECS,
     TASK_DISTRIBUTIONS,
     RandParamsTask,
-    VelocityTask,
     apply_params,
     is_healthy,
     load_model,
@@ -234,4 +233,4 @@ class BatchedLocomotionStepper:
                 get_state(m, d, x, spec)
 
 
-__all__ = ["STATE_SPEC", "BatchedLocomotionStepper", "VelocityTask", "supports"]
+__all__ = ["STATE_SPEC", "BatchedLocomotionStepper", "supports"]

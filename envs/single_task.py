@@ -16,7 +16,7 @@ does), so a reference learner run on the same task should use that wrapper too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -37,7 +37,7 @@ class SingleTask:
 class SingleTaskMetaEnv(MetaEnv):
     """``gym_id`` with actions in ``[-1, 1]`` and a no-op ``set_task``."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, gym_id: str, family: str = "toy", **make_kwargs: Any):
         self._env = gym.make(gym_id, **make_kwargs).unwrapped

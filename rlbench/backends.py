@@ -29,7 +29,8 @@ def mujoco_batched(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None 
     pipe transfers, the policy and the physics share one address space; measured by
     scripts/bench_sampler.py, results/bench/README.md).
     """
-    from envs.locomotion_batched import BatchedLocomotionStepper  # imports mujoco: only when used
+    # Imported here: it imports mujoco, which samplers of other backends never need.
+    from envs.locomotion_batched import BatchedLocomotionStepper
 
     return BatchedLocomotionStepper(env_id, horizon, env_kwargs, threads=threads)
 
