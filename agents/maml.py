@@ -163,13 +163,16 @@ class TRPOMAML(MAMLBase):
         def adapted(theta: Params) -> Params:
             return metagrad.inner_chain(as_stacked(theta, T), losses, self.inner_lr)[-1]
 
-        g = _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, metagrad.grad(surrogate, phi_old), self.estimator, self.delta))
+        # Hessian-vector operators at the fixed points of this iteration, reused by every
+        # conjugate-gradient step (J^T F J v needs 2K + 1 products per step).
+        ops = metagrad.chain_operators(phis, losses, self.estimator, self.delta)
+        kl_op = metagrad.hvp_operator(kl_phi, phi_old, "second-order", 0.0)
+        g = _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, metagrad.grad(surrogate, phi_old), self.estimator, self.delta, ops))
 
         def fvp(v: Params) -> Params:
             u = {k: x.unsqueeze(0).expand(T, *x.shape) for k, x in v.items()}
-            ju = metagrad.jvp(phis, losses, self.inner_lr, u, self.estimator, self.delta)
-            fju = metagrad.hvp(kl_phi, phi_old, ju, "second-order", 0.0)
-            return _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, fju, self.estimator, self.delta))
+            ju = metagrad.jvp(phis, losses, self.inner_lr, u, self.estimator, self.delta, ops)
+            return _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, kl_op(ju), self.estimator, self.delta, ops))
 
         res = trpo_step(old, lambda th: surrogate(adapted(th)), lambda th: kl_phi(adapted(th)), g, fvp, a, a.max_kl)
         with torch.no_grad():

@@ -87,18 +87,49 @@ def inner_chain(theta: Params, inner_losses: Sequence[Loss], lr: float) -> list[
     return phis
 
 
-def vjp(phis: Sequence[Params], inner_losses: Sequence[Loss], lr: float, v: Params, estimator: str, delta: float) -> Params:
+HvpOp = Callable[[Params], Params]
+
+
+def hvp_operator(loss: Loss, params: Params, estimator: str, delta: float) -> HvpOp:
+    """v -> the estimator's H v at fixed ``params``, for many v.
+
+    For the exact estimator the first backward pass (with its graph) is built once and every
+    product is one more backward pass through it: TRPO-MAML's conjugate gradient takes many
+    products at the same points."""
+    if estimator != "second-order":
+        return lambda v: hvp(loss, params, v, estimator, delta)
+    p = _leaf(params)
+    with torch.enable_grad():
+        g = torch.autograd.grad(loss(p), tuple(p.values()), create_graph=True)
+
+    def op(v: Params) -> Params:
+        with torch.enable_grad():
+            dot_gv = sum((gi * v[k]).sum() for gi, k in zip(g, p))
+            out = torch.autograd.grad(dot_gv, tuple(p.values()), retain_graph=True, allow_unused=True)
+        return {k: (o.detach() if o is not None else torch.zeros_like(x)) for (k, x), o in zip(p.items(), out)}
+
+    return op
+
+
+def chain_operators(phis: Sequence[Params], inner_losses: Sequence[Loss], estimator: str, delta: float) -> list[HvpOp]:
+    """One H_k operator per inner step, at phi_{k-1}."""
+    return [hvp_operator(loss, phis[k], estimator, delta) for k, loss in enumerate(inner_losses)]
+
+
+def vjp(phis: Sequence[Params], inner_losses: Sequence[Loss], lr: float, v: Params, estimator: str, delta: float,
+        ops: Sequence[HvpOp] | None = None) -> Params:
     """J^T v: pull a vector at phi_K back to theta (phi_0) through the inner steps."""
     for k in range(len(inner_losses) - 1, -1, -1):
-        hv = hvp(inner_losses[k], phis[k], v, estimator, delta)
+        hv = ops[k](v) if ops is not None else hvp(inner_losses[k], phis[k], v, estimator, delta)
         v = {name: v[name] - lr * hv[name] for name in v}
     return v
 
 
-def jvp(phis: Sequence[Params], inner_losses: Sequence[Loss], lr: float, u: Params, estimator: str, delta: float) -> Params:
+def jvp(phis: Sequence[Params], inner_losses: Sequence[Loss], lr: float, u: Params, estimator: str, delta: float,
+        ops: Sequence[HvpOp] | None = None) -> Params:
     """J u: push a perturbation of theta forward to phi_K (H_k symmetric: the same products)."""
     for k in range(len(inner_losses)):
-        hu = hvp(inner_losses[k], phis[k], u, estimator, delta)
+        hu = ops[k](u) if ops is not None else hvp(inner_losses[k], phis[k], u, estimator, delta)
         u = {name: u[name] - lr * hu[name] for name in u}
     return u
 
