@@ -128,7 +128,7 @@ def evaluate_run(run_dir: Path, n_workers: int | None = None, quiet: bool = Fals
     workers = cfg.sampler.n_workers if n_workers is None else n_workers
     frames = []
     done_steps: dict[str, int] = dict(meta.get("eval_steps_by_ckpt", {}))
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfg.learner_threads)
     todo = [c for c in ckpts if not store.eval_part_path(run_dir, c["index"]).exists()]
     if todo:
         per_ckpt = cfg.eval.n_tasks * (cfg.eval.n_updates + 1) * cfg.eval.episodes_per_task * cfg.sampler.horizon

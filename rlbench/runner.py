@@ -126,7 +126,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     if meta.get("status") == "finished":
         return meta
     marks = cfg.checkpoint_marks
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfg.learner_threads)
     with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
         checkpoints: list[dict[str, Any]] = list(meta.get("checkpoints", []))

@@ -146,15 +146,27 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paired_inner: str = ""  # the MAML algorithm whose inner update evaluates this run (set by presets)
     dtype: Literal["float32", "float64"] = "float32"
-    torch_threads: int = 1  # intra-op threads of the learner (1 avoids OpenMP contention with env workers)
+    torch_threads: int = 0  # learner intra-op threads; 0 = as many as sampler workers (set 1 for tiny problems)
 
     def validate(self, p: str = "") -> None:
-        _check(self.torch_threads >= 1, p, "torch_threads", "must be >= 1")
+        _check(self.torch_threads >= 0, p, "torch_threads", "must be >= 0")
         _check(self.algo in ALGOS, p, "algo", f"unknown algorithm {self.algo!r} (known: {', '.join(ALGOS)})")
         _check(self.seed >= 0, p, "seed", "must be >= 0")
         _check(self.budget >= 0, p, "budget", "must be >= 0")
         _check(self.n_checkpoints >= 1, p, "n_checkpoints", "must be >= 1")
         _check(self.checkpoint_interval >= 0, p, "checkpoint_interval", "must be >= 0")
+
+    @property
+    def learner_threads(self) -> int:
+        """Resolved torch threads: the sampler's workers sit idle during updates, so by default
+        the learner uses as many threads as there are workers (cores when n_workers is 0)."""
+        if self.torch_threads:
+            return self.torch_threads
+        if self.sampler.n_workers:
+            return self.sampler.n_workers
+        import os
+
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     @property
     def is_maml(self) -> bool:

@@ -35,7 +35,7 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
     cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.learner_threads)
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
         sample_time = 0.0
@@ -61,7 +61,7 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     update = total - sample_time
     full_scale = cfg.sampler.meta_batch_size / tasks
     return {
-        "env": env_id, "algo": algo, "backend": backend, "workers": n_workers, "torch_threads": threads,
+        "env": env_id, "algo": algo, "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
         "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,
         "iteration_s": total / iterations, "sampling_s": sample_time / iterations, "update_s": update / iterations,
         "update_share": update / total, "sampling_steps_per_s": steps / sample_time, "steps_per_s": steps / total,
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="learner torch threads")
+    p.add_argument("--threads", type=int, default=0, help="learner torch threads (0 = as many as sampler workers)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--cluster-cores", type=int, default=64)
     p.add_argument("--out")
