@@ -66,11 +66,12 @@ class DRSPPO(DRSBase):
         ones = torch.ones_like(adv)
         n = obs.shape[0]
         losses = []
+        shuffle = rng if rng is not None else np.random.default_rng(0)  # one stream across epochs
         for _ in range(a.num_ppo_steps):
             if a.minibatches == 1:
                 chunks = [torch.arange(n)]
             else:
-                perm = torch.as_tensor((rng or np.random.default_rng(0)).permutation(n))
+                perm = torch.as_tensor(shuffle.permutation(n))
                 chunks = list(torch.tensor_split(perm, a.minibatches))
             for idx in chunks:
                 self.optimizer.zero_grad()
