@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,8 +71,6 @@ def get_task_distribution(env_id: str, **overrides: Any) -> TaskDistribution:
     """The task distribution of ``env_id`` (meta-training and meta-test tasks)."""
     e = entry(env_id)
     cls = _load(e.distribution)
-    import inspect
-
     params = inspect.signature(cls).parameters
     kw = {k: v for k, v in {**e.kwargs, **overrides}.items() if k in params}
     return cls(**kw)
@@ -85,8 +84,6 @@ def make_meta_env(env_id: str, horizon: int | None = None, **overrides: Any) -> 
     """
     e = entry(env_id)
     cls = _load(e.entry_point)
-    import inspect
-
     kw = {**e.kwargs, **overrides}
     if horizon is not None and "horizon" in inspect.signature(cls).parameters:
         kw["horizon"] = horizon
@@ -102,8 +99,9 @@ def make(env_id: str, horizon: int | None = None, **overrides: Any) -> gym.Env:
     kw = dict(overrides)
     if horizon is not None:
         kw["max_episode_steps"] = int(horizon)
-        import inspect
-
         if "horizon" in inspect.signature(_load(_REGISTRY[env_id].entry_point)).parameters:
             kw["horizon"] = int(horizon)
-    return gym.make(env_id, **kw)
+    env = gym.make(env_id, **kw)
+    if horizon is not None:
+        env.unwrapped.horizon = int(horizon)
+    return env
