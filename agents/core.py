@@ -15,7 +15,7 @@ from agents import metagrad
 from agents.advantages import AdvantageSettings, TensorBatch, compute_advantages, to_tensors
 from agents.policy import GaussianMLPPolicy, Params, expand_params, flat, unflat
 from rlbench.batch import Batch
-from rlbench.settings import AdvantageConfig, AlgoConfig
+from rlbench.settings import AdvantageConfig, AlgoConfig, RunConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -157,6 +157,27 @@ def fvp_of_kl(kl_fn: Callable[[Params], torch.Tensor], params: Params) -> Callab
 
 
 Collect = Callable[[list[Any], Params], Batch]
+
+
+class LearnerBase:
+    """State every agent has: the run config, the policy, the meta-parameters (leaf tensors),
+    and checkpointing of those parameters. Subclasses add optimiser state."""
+
+    algo = ""
+
+    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
+        self.cfg = cfg
+        self.policy = policy
+        self.params = params
+        self.dtype = DTYPES[cfg.dtype]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": {k: v.detach().clone() for k, v in self.params.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.params[k].copy_(v)
 
 
 class Agent(Protocol):

@@ -9,34 +9,18 @@ import torch
 
 from agents import metagrad
 from agents.advantages import TensorBatch
-from agents.core import DTYPES, Collect, fvp_of_kl, ppo_clip_objective, process, trpo_step
+from agents.core import Collect, LearnerBase, fvp_of_kl, ppo_clip_objective, process, trpo_step
 from agents.policy import GaussianMLPPolicy, Params
 from rlbench.settings import RunConfig
 
 
-class DRSBase:
-    """Shared state of the DRS agents: meta-parameters and the config."""
-
-    algo = ""
-
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
-        self.cfg = cfg
-        self.policy = policy
-        self.params = params
-        self.dtype = DTYPES[cfg.dtype]
+class DRSBase(LearnerBase):
+    """The DRS agents: one pooled batch per iteration, sampled with the shared parameters."""
 
     def _collect_processed(self, collect: Collect, tasks: list[Any]) -> tuple[TensorBatch, dict[str, float]]:
         batch = collect(tasks, self.params)
         tb = process(self.policy, self.params, batch, self.cfg.advantage, self.dtype)
         return tb, batch.stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"params": {k: v.detach().clone() for k, v in self.params.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for k, v in state["params"].items():
-                self.params[k].copy_(v)
 
 
 class DRSPPO(DRSBase):

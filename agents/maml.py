@@ -12,22 +12,17 @@ import torch
 
 from agents import metagrad
 from agents.advantages import TensorBatch
-from agents.core import DTYPES, Collect, as_stacked, inner_loss_fn, ppo_clip_objective, process, trpo_step
+from agents.core import Collect, LearnerBase, as_stacked, inner_loss_fn, ppo_clip_objective, process, trpo_step
 from agents.policy import GaussianMLPPolicy, Params
 from rlbench.settings import RunConfig
 
 
-class MAMLBase:
+class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
     sampling rounds go through the shared sampler and are charged to the budget."""
 
-    algo = ""
-
     def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
-        self.cfg = cfg
-        self.policy = policy
-        self.params = params
-        self.dtype = DTYPES[cfg.dtype]
+        super().__init__(cfg, policy, params)
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.estimator = cfg.algo_cfg.meta_gradient
         self.delta = cfg.algo_cfg.hf_delta
@@ -57,14 +52,6 @@ class MAMLBase:
 
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
         return [inner_loss_fn(self.algo, self.policy, tb) for tb in inner]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"params": {k: v.detach().clone() for k, v in self.params.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for k, v in state["params"].items():
-                self.params[k].copy_(v)
 
 
 def _sum_tasks(g: Params) -> Params:

@@ -1,9 +1,9 @@
-"""The study's numbers, in one place (../shared/PROTOCOL.md sections 3-6).
+"""Run configs from the protocol's tables (rlbench/protocol.py), and experiment presets.
 
-Environment physics, rewards and horizons live with each environment (envs/locomotion.py
-SPECS, envs/meta_world.py); everything an *algorithm* or the *harness* needs per environment
-lives here: sampling unit, network size, learning rates, KL bounds, inner step sizes, PPO
-steps, the ProMP penalty schedule, budgets, checkpoints and the meta-test settings.
+``run_config(env, algo, seed)`` fills the config dataclasses with the study's values for that
+environment and algorithm (learning rates, KL bounds, inner step sizes, PPO steps, the ProMP
+penalty schedule, sampling unit, network, budget, checkpoints, meta-test size), then applies
+user overrides strictly.
 
 Experiment presets (``paper``, ``quick``, ``smoke``) are YAML files next to this module,
 loaded strictly into :class:`rlbench.settings.ExperimentConfig`.
@@ -18,70 +18,16 @@ from typing import Any
 import envs
 from rlbench import config
 from rlbench.config import ConfigError
+from rlbench.protocol import ETA_ADAPTIVE_START, ETA_FIXED, FAMILIES, HYPER, KL_TARGET, EnvHyper, FamilyDefaults
 from rlbench.settings import ALGOS, ExperimentConfig, RunConfig
+
+__all__ = ["FAMILIES", "HYPER", "EnvHyper", "FamilyDefaults", "PAIRED_INNER", "run_config", "load_experiment"]
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
 #: DRS algorithm -> the MAML algorithm whose inner update adapts it at meta-test time
 #: (PROTOCOL.md section 6.3: DRS+PPO adapts like ProMP, DRS+TRPO like TRPO-MAML).
 PAIRED_INNER = {"drs-ppo": "promp", "promp": "promp", "drs-trpo": "trpo-maml", "trpo-maml": "trpo-maml"}
-
-
-@dataclass(frozen=True)
-class EnvHyper:
-    """Per-environment tuned values of GS (PROTOCOL.md section 4 table)."""
-
-    drs_ppo_lr: float
-    promp_lr: float
-    promp_inner_lr: float
-    drs_trpo_max_kl: float
-    trpo_maml_max_kl: float
-    trpo_maml_inner_lr: float
-    num_ppo_steps: int
-    adaptive_eta: bool  # False: fixed ETA_FIXED; True: start ETA_ADAPTIVE_START, target KL_TARGET
-
-
-ETA_FIXED = 5e-4
-ETA_ADAPTIVE_START = 1e-3
-KL_TARGET = 1e-2
-
-HYPER: dict[str, EnvHyper] = {
-    "rlbench/HalfCheetahRandVel-v0": EnvHyper(1e-2, 1e-4, 1e-2, 0.01, 0.001, 0.01, 5, False),
-    "rlbench/Walker2DRandVel-v0": EnvHyper(1e-3, 1e-3, 1e-2, 0.01, 0.1, 0.01, 5, False),
-    "rlbench/Walker2DRandParams-v0": EnvHyper(1e-3, 1e-3, 1e-2, 0.1, 0.1, 0.01, 3, True),
-    "rlbench/HopperRandParams-v0": EnvHyper(1e-3, 1e-3, 1e-2, 0.1, 0.1, 0.01, 3, True),
-    "rlbench/ML1-Push-v0": EnvHyper(1e-4, 1e-4, 1e-4, 0.1, 0.1, 1e-4, 5, False),
-    "rlbench/ML1-Reach-v0": EnvHyper(1e-4, 1e-4, 1e-4, 0.001, 0.001, 1e-5, 5, False),
-    "rlbench/ML10-v0": EnvHyper(1e-4, 1e-4, 1e-3, 0.001, 0.01, 1e-3, 5, False),
-    "rlbench/ML45-v0": EnvHyper(1e-4, 1e-4, 1e-5, 0.01, 0.1, 1e-3, 5, False),
-    # Not in the paper: the numpy toy used by fast tests, tuned here for a seconds-long budget.
-    "rlbench/PointGoal-v0": EnvHyper(1e-2, 1e-2, 1e-1, 0.05, 0.05, 1e-1, 5, False),
-}
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    """Sampling unit, network, budget and checkpoints per environment family (PROTOCOL.md 4-6)."""
-
-    meta_batch_size: int
-    episodes_per_task: int
-    horizon: int
-    hidden_sizes: tuple[int, ...]
-    budget: int  # env steps per run (equal for every algorithm)
-    n_checkpoints: int  # including checkpoint 0
-    eval_tasks: int  # T meta-test tasks (GS used 1000; see README "Protocol choices")
-    torch_threads: int  # learner threads; 0 = as many as sampler workers
-
-
-FAMILIES: dict[str, FamilyDefaults] = {
-    # 40 x 20 x 200 = 160,000 steps per unit; 320M steps = 2000 DRS / 1000 MAML iterations;
-    # 21 checkpoints 16M steps apart.
-    "locomotion": FamilyDefaults(40, 20, 200, (64, 64), 320_000_000, 21, 100, 0),
-    # 20 x 10 x 150 = 30,000 steps per unit; 600M steps; 21 checkpoints 30M apart.
-    "metaworld": FamilyDefaults(20, 10, 150, (100, 100), 600_000_000, 21, 50, 0),
-    # Tiny tensors: one learner thread (OpenMP threads made such updates many times slower).
-    "toy": FamilyDefaults(20, 10, 20, (32, 32), 400_000, 5, 20, 1),
-}
 
 
 def family_of(env_id: str) -> str:
@@ -91,7 +37,7 @@ def family_of(env_id: str) -> str:
 def hyper_of(env_id: str) -> EnvHyper:
     envs.entry(env_id)
     if env_id not in HYPER:
-        raise ConfigError(f"no hyperparameter preset for {env_id} (add one to rlbench/presets.py HYPER)")
+        raise ConfigError(f"no hyperparameter preset for {env_id} (add one to rlbench/protocol.py HYPER)")
     return HYPER[env_id]
 
 

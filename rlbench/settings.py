@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rlbench import protocol as P
 from rlbench.config import ConfigError
 
 ALGOS = ("drs-ppo", "promp", "drs-trpo", "trpo-maml")
@@ -25,9 +26,9 @@ def _check(cond: bool, prefix: str, key: str, msg: str) -> None:
 class PolicyConfig:
     """Gaussian MLP policy (PROTOCOL.md sections 2-3)."""
 
-    hidden_sizes: tuple[int, ...] = (64, 64)  # tanh hidden layers
-    init_std: float = 1.0  # initial std, in the scaled action space
-    action_scale: float = 10.0  # the Gaussian lives in units of action_scale x env action
+    hidden_sizes: tuple[int, ...] = P.FAMILIES["locomotion"].hidden_sizes  # tanh hidden layers
+    init_std: float = P.INIT_STD  # initial std, in the scaled action space
+    action_scale: float = P.ACTION_SCALE  # the Gaussian lives in units of action_scale x env action
 
     def validate(self, p: str = "") -> None:
         _check(all(h > 0 for h in self.hidden_sizes), p, "hidden_sizes", "sizes must be positive")
@@ -39,9 +40,9 @@ class PolicyConfig:
 class SamplerConfig:
     """One sampling unit = meta_batch_size tasks x episodes_per_task episodes x horizon."""
 
-    meta_batch_size: int = 40  # tasks per iteration
-    episodes_per_task: int = 20  # episodes per task per sampling round
-    horizon: int = 200  # max episode length (env steps)
+    meta_batch_size: int = P.FAMILIES["locomotion"].meta_batch_size  # tasks per iteration
+    episodes_per_task: int = P.FAMILIES["locomotion"].episodes_per_task  # episodes per task per sampling round
+    horizon: int = P.FAMILIES["locomotion"].horizon  # max episode length (env steps)
     n_workers: int = 0  # worker processes; 0 = one per core, 1 = in-process
     backend: str = "auto"  # stepper backend: auto | gym | any registered in rlbench.sampler.STEPPERS
 
@@ -61,9 +62,9 @@ class SamplerConfig:
 class AdvantageConfig:
     """Baseline and advantage estimation (PROTOCOL.md section 3)."""
 
-    gamma: float = 0.99
-    gae_lambda: float = 1.0
-    baseline_reg: float = 1e-5  # ridge regulariser of the linear feature baseline
+    gamma: float = P.GAMMA
+    gae_lambda: float = P.GAE_LAMBDA
+    baseline_reg: float = P.BASELINE_REG  # ridge regulariser of the linear feature baseline
     normalize: bool = True  # per-task (A - mean) / (std + 1e-8)
     bootstrap_truncated: bool = True  # bootstrap horizon-cut episodes with V(s_H); GS: false
 
@@ -72,31 +73,38 @@ class AdvantageConfig:
         _check(0 <= self.gae_lambda <= 1, p, "gae_lambda", "must lie in [0, 1]")
 
 
+_HC = P.HYPER["rlbench/HalfCheetahRandVel-v0"]
+
+
 @dataclass(frozen=True)
 class AlgoConfig:
-    """Learner settings. Each algorithm reads the fields it uses (PROTOCOL.md section 4)."""
+    """Learner settings. Each algorithm reads the fields it uses (PROTOCOL.md section 4).
+
+    Per-environment values (learning rates, KL bounds, inner step sizes, PPO steps) are set
+    by rlbench.presets from rlbench.protocol.HYPER; the defaults below are HalfCheetahRandVel's.
+    """
 
     # PPO outer step (DRS+PPO, ProMP)
-    learning_rate: float = 1e-3  # Adam step size
-    clip: float = 0.3  # PPO ratio clip
-    num_ppo_steps: int = 5  # Adam steps per iteration (epochs x minibatches)
+    learning_rate: float = _HC.drs_ppo_lr  # Adam step size
+    clip: float = P.PPO_CLIP  # PPO ratio clip
+    num_ppo_steps: int = _HC.num_ppo_steps  # Adam steps per iteration (epochs x minibatches)
     minibatches: int = 1  # 1 = full batch (the protocol); >1 for parity with other PPOs
     # TRPO outer step (DRS+TRPO, TRPO-MAML)
-    max_kl: float = 0.01  # mean KL(old || new) constraint
-    cg_iters: int = 10
-    cg_damping: float = 1e-5  # Fisher-vector product regulariser
-    backtrack_ratio: float = 0.8
-    max_backtracks: int = 15
+    max_kl: float = _HC.drs_trpo_max_kl  # mean KL(old || new) constraint
+    cg_iters: int = P.CG_ITERS
+    cg_damping: float = P.CG_DAMPING  # Fisher-vector product regulariser
+    backtrack_ratio: float = P.BACKTRACK_RATIO
+    max_backtracks: int = P.MAX_BACKTRACKS
     # MAML inner loop (ProMP, TRPO-MAML, and meta-test adaptation of every agent)
-    inner_lr: float = 1e-2
+    inner_lr: float = _HC.promp_inner_lr
     inner_steps: int = 1  # K; each step resamples episodes from the adapted policy
     inner_lr_over_k: bool = False  # use inner_lr / K
     meta_gradient: MetaGradient = "second-order"
     hf_delta: float = 1e-4  # finite-difference radius of the Hessian-free estimator
     # ProMP KL penalty
-    eta: float = 5e-4
+    eta: float = P.ETA_FIXED
     adaptive_eta: bool = False
-    kl_target: float = 1e-2
+    kl_target: float = P.KL_TARGET
 
     def validate(self, p: str = "") -> None:
         for key in ("learning_rate", "clip", "max_kl", "inner_lr", "hf_delta", "kl_target", "backtrack_ratio"):
@@ -116,9 +124,9 @@ class AlgoConfig:
 class EvalConfig:
     """Meta-test protocol (PROTOCOL.md section 6)."""
 
-    n_tasks: int = 40  # T meta-test tasks per checkpoint (GS: 1000)
-    n_updates: int = 5  # adaptation steps; returns recorded at t = 0..n_updates
-    episodes_per_task: int = 20  # episodes sampled per task at each t
+    n_tasks: int = P.FAMILIES["locomotion"].eval_tasks  # T meta-test tasks per checkpoint (GS: 1000)
+    n_updates: int = P.TEST_UPDATES  # adaptation steps; returns recorded at t = 0..n_updates
+    episodes_per_task: int = P.FAMILIES["locomotion"].episodes_per_task  # episodes sampled per task at each t
     gs_adam_compat: bool = False  # GS's test-time behaviour (one persistent Adam, GS learning rates)
     task_chunk: int = 40  # tasks sampled together (memory bound)
 
@@ -137,7 +145,7 @@ class RunConfig:
     algo: str
     seed: int
     budget: int  # environment steps, hard cap
-    n_checkpoints: int = 21  # including checkpoint 0 (the initial policy)
+    n_checkpoints: int = P.FAMILIES["locomotion"].n_checkpoints  # including checkpoint 0 (the initial policy)
     checkpoint_interval: int = 0  # env steps between marks; 0 = budget / (n_checkpoints - 1)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
