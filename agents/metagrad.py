@@ -138,7 +138,21 @@ def meta_gradient(
     theta: Params, inner_losses: Sequence[Loss], lr: float, outer_loss: Loss, estimator: str = "second-order",
     delta: float = 1e-4,
 ) -> tuple[Params, list[Params]]:
-    """The estimator's gradient of ``outer_loss(phi_K(theta))`` w.r.t. theta, and the chain."""
+    """The estimator's gradient of ``outer_loss(phi_K(theta))`` w.r.t. theta, and the chain.
+
+    For the exact estimator this is one autograd pass through the differentiable inner steps
+    (the same quantity as the J^T recursion, one forward and one backward cheaper per call)."""
+    if estimator == "second-order":
+        p = _leaf(theta)
+        phis = [{k: v.detach() for k, v in p.items()}]
+        with torch.enable_grad():
+            phi = p
+            for loss in inner_losses:
+                gk = torch.autograd.grad(loss(phi), tuple(phi.values()), create_graph=True)
+                phi = {k: v - lr * gi for (k, v), gi in zip(phi.items(), gk)}
+                phis.append({k: v.detach() for k, v in phi.items()})
+            g = torch.autograd.grad(outer_loss(phi), tuple(p.values()), allow_unused=True)
+        return {k: (gi.detach() if gi is not None else torch.zeros_like(v)) for (k, v), gi in zip(p.items(), g)}, phis
     phis = inner_chain(theta, inner_losses, lr)
     g_out = grad(outer_loss, phis[-1])
     return vjp(phis, inner_losses, lr, g_out, estimator, delta), phis
