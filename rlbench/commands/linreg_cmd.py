@@ -10,27 +10,16 @@ and ``linreg.json`` (settings, versions, wall time) into ``--out``. Defaults com
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
-import sys
 import time
 from pathlib import Path
 
 from rlbench import store
+from rlbench.commands.study_io import finish, output_paths, parse_int
 from rlbench.errors import UsageError
 
 OUTPUT_NAMES = ("linreg.csv", "linreg.png", "linreg.pdf", "linreg.json")
-
-
-def _parse_int(flag: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"{flag} expects integers, got {text!r}") from None
-    if value < minimum:
-        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
-    return value
 
 
 def _parse_alpha(text: str) -> float:
@@ -46,7 +35,7 @@ def _parse_alpha(text: str) -> float:
 def _parse_grid(flag: str, values: list[str]) -> tuple[int, ...]:
     if not values:
         raise UsageError(f"{flag} needs at least two values, got an empty grid")
-    grid = [_parse_int(flag, v, 1) for v in values]
+    grid = [parse_int(flag, v, 1) for v in values]
     if len(set(grid)) != len(grid):
         raise UsageError(f"{flag} has repeated values: {' '.join(values)}")
     if len(grid) < 2:
@@ -64,11 +53,11 @@ def _validate(args: argparse.Namespace) -> dict:
         raise UsageError("--alpha has repeated values")
     settings = {
         "alphas": tuple(sorted(alphas)),
-        "p": _parse_int("--p", args.p, 1) if args.p is not None else DEFAULTS.p,
+        "p": parse_int("--p", args.p, 1) if args.p is not None else DEFAULTS.p,
         "grid_m": _parse_grid("--grid-m", args.grid_m) if args.grid_m is not None else DEFAULTS.grid_m,
         "grid_n": _parse_grid("--grid-n", args.grid_n) if args.grid_n is not None else DEFAULTS.grid_n,
-        "datasets": _parse_int("--datasets", args.datasets, 1) if args.datasets is not None else DEFAULTS.datasets,
-        "seed": _parse_int("--seed", args.seed, 0) if args.seed is not None else DEFAULTS.seed,
+        "datasets": parse_int("--datasets", args.datasets, 1) if args.datasets is not None else DEFAULTS.datasets,
+        "seed": parse_int("--seed", args.seed, 0) if args.seed is not None else DEFAULTS.seed,
         "rotation": args.rotation,
     }
     return settings
@@ -84,14 +73,7 @@ def canonical_command(settings: dict, out: str) -> str:
 
 
 def _output_paths(out: str, force: bool) -> dict[str, Path]:
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    paths = {name.split(".")[1]: out_dir / name for name in OUTPUT_NAMES}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise UsageError(f"refusing to overwrite {', '.join(existing)} (pass --force to replace)")
-    return paths
+    return output_paths(out, OUTPUT_NAMES, force, key=lambda name: name.split(".")[1])
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,11 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         "versions": store.versions(),
         "reference": "Gao & Sener, Modeling and Optimization Trade-off in Meta-learning, NeurIPS 2020, Fig. 3; PROTOCOL.md s.8",
     }
-    paths["json"].write_text(json.dumps(meta, indent=2) + "\n")
-    for p in paths.values():
-        print(p)
-    print(f"wall time {wall_s:.1f} s", file=sys.stderr)
-    return 0
+    return finish(paths["json"], meta, paths, wall_s)
 
 
 def register(sub) -> None:

@@ -18,12 +18,11 @@ import argparse
 import dataclasses
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
 from rlbench import store
-from rlbench.errors import UsageError
+from rlbench.commands.study_io import finish, output_paths, parse_int
 
 OUTPUT_NAMES = (
     "factorisation.csv", "factorisation.png", "factorisation.pdf",
@@ -32,25 +31,8 @@ OUTPUT_NAMES = (
 )
 
 
-def _parse_int(flag: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"{flag} expects an integer, got {text!r}") from None
-    if value < minimum:
-        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
-    return value
-
-
 def _output_paths(out: str, force: bool) -> dict[str, Path]:
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    paths = {name: out_dir / name for name in OUTPUT_NAMES}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise UsageError(f"refusing to overwrite {', '.join(existing)} (pass --force to replace)")
-    return paths
+    return output_paths(out, OUTPUT_NAMES, force)
 
 
 def canonical_command(iterations: int, seed: int, out: str) -> str:
@@ -71,8 +53,8 @@ def _save(fig, png: Path, pdf: Path, creator: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from rlbench.theory.maml_variants import DEFAULTS
 
-    iterations = _parse_int("--iterations", args.iterations, 1) if args.iterations is not None else DEFAULTS.iterations
-    seed = _parse_int("--seed", args.seed, 0) if args.seed is not None else DEFAULTS.seed
+    iterations = parse_int("--iterations", args.iterations, 1) if args.iterations is not None else DEFAULTS.iterations
+    seed = parse_int("--seed", args.seed, 0) if args.seed is not None else DEFAULTS.seed
     paths = _output_paths(args.out, args.force)  # checked before any computing
 
 
@@ -109,11 +91,7 @@ def _run(args: argparse.Namespace) -> int:
             "Ji, Yang & Liang, Multi-Step Model-Agnostic Meta-Learning: Convergence and Improved Algorithms (Theoretical Convergence of Multi-Step MAML, JMLR 2022)",
         ],
     }
-    paths["maml_variants.json"].write_text(json.dumps(meta, indent=2) + "\n")
-    for p in paths.values():
-        print(p)
-    print(f"wall time {wall_s:.1f} s", file=sys.stderr)
-    return 0
+    return finish(paths["maml_variants.json"], meta, paths, wall_s)
 
 
 def register(sub) -> None:
