@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import envs
 from agents.core import DTYPES, adapt, process
@@ -29,13 +28,6 @@ POINT = "rlbench/PointGoal-v0"
 EVAL_TASKS = 20
 EVAL_EPISODES = 10
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def train(env_id: str, algo: str, seed: int, iterations: int, overrides: dict | None = None):

@@ -22,14 +22,6 @@ ENV = "rlbench/PointGoal-v0"
 POLICY = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(4,), init_std=1.0, action_scale=10.0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny updates: 2 OpenMP threads on 2 busy cores only add contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def theta0(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
