@@ -124,6 +124,9 @@ class Batch:
         out = {
             "rollout/return_mean": float(ret.mean()) if n_ep else float("nan"),
             "rollout/return_std": float(ret.std()) if n_ep else float("nan"),
+            # Each slot's first episode: E unbiased whole episodes per task under either unit
+            # (the mean over all completed episodes over-weights short ones).
+            "rollout/return_first_mean": float(self.first_episode_returns().mean()),
             "rollout/episode_length": float(lengths.mean()) if n_ep else float("nan"),
             "rollout/terminated_frac": float(self.ep_term[ends].mean()) if n_ep else float("nan"),
             "rollout/episodes": n_ep,

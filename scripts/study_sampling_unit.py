@@ -65,7 +65,8 @@ def summarise(out: Path) -> pd.DataFrame:
                          "episodes_per_task_min": m["sampling/episodes_per_task_min"],
                          "episodes_per_task_mean": m["sampling/episodes_per_task_mean"],
                          "episodes_per_task_max": m["sampling/episodes_per_task_max"],
-                         "episode_length": m["rollout/episode_length"], "return_mean": m["rollout/return_mean"]})
+                         "episode_length": m["rollout/episode_length"], "return_mean": m["rollout/return_mean"],
+                         "return_first_mean": m["rollout/return_first_mean"]})
     return pd.DataFrame(rows)
 
 
@@ -76,10 +77,10 @@ def plot(df: pd.DataFrame, title: str, path: Path) -> None:
         axes[0].plot(g["iteration"], g["steps_used"] / 1e3, ls="--", color=line.get_color(), label=f"{unit}: used")
         axes[1].plot(g["iteration"], g["episodes_per_task_mean"], marker="o", color=line.get_color(), label=unit)
         axes[1].fill_between(g["iteration"], g["episodes_per_task_min"], g["episodes_per_task_max"], color=line.get_color(), alpha=0.2)
-        axes[2].plot(g["env_steps"] / 1e3, g["return_mean"], marker="o", color=line.get_color(), label=unit)
+        axes[2].plot(g["env_steps"] / 1e3, g["return_first_mean"], marker="o", color=line.get_color(), label=unit)
     axes[0].set(xlabel="iteration", ylabel="env steps per iteration (x1000)", title="steps charged / used for learning")
     axes[1].set(xlabel="iteration", ylabel="episodes per task (min-mean-max)", title="episodes per task per round")
-    axes[2].set(xlabel="env steps charged (x1000)", ylabel="mean training return", title="return over the budget")
+    axes[2].set(xlabel="env steps charged (x1000)", ylabel="return (first episode of each slot)", title="training return over the budget")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     per_unit = df.groupby("unit", sort=False).agg(
         iterations=("iteration", "max"), steps_charged=("steps_charged", "sum"), steps_used=("steps_used", "sum"),
         episodes_per_task_first=("episodes_per_task_mean", "first"), episodes_per_task_last=("episodes_per_task_mean", "last"),
-        return_first=("return_mean", "first"), return_last=("return_mean", "last"))
+        return_first=("return_first_mean", "first"), return_last=("return_first_mean", "last"))
     command = "python scripts/study_sampling_unit.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     readme = [
         "# What the sampling unit changes",
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         per_unit.to_markdown(floatfmt=".1f") if _has_tabulate() else per_unit.to_string(),
         "",
+        _reading(df),
+        "",
         "`summary.csv` has one row per unit and iteration; `steps/` and `episodes/` hold each run's",
         "config.yaml, run.json and metrics.jsonl (`sampling/*` keys). `sampling_unit.png`: steps",
         "charged and used per iteration, episodes per task per round, return over the budget.",
@@ -134,6 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     print(per_unit.to_string())
     print(f"wrote {args.out / 'summary.csv'}, {args.out / 'sampling_unit.png'}, {args.out / 'README.md'}")
     return 0
+
+
+def _reading(df: pd.DataFrame) -> str:
+    """What the table shows, in words, computed from the data."""
+    st, ep = (df[df.unit == u] for u in UNITS)
+    first_cost = ep["steps_charged"].iloc[0]
+    return (
+        f"With the steps unit every iteration charges exactly {st['steps_charged'].iloc[0]:,} steps and learns from "
+        f"{st['steps_used'].mean():,.0f} of them on average (unfinished tails dropped), with "
+        f"{st['episodes_per_task_mean'].iloc[0]:.0f} episodes per task in the first round (episodes of "
+        f"{st['episode_length'].iloc[0]:.0f} steps) and {st['episodes_per_task_mean'].iloc[-1]:.0f} in the last. "
+        f"With the episodes unit the first iteration costs only {first_cost:,} steps "
+        f"({first_cost / st['steps_charged'].iloc[0]:.0%} of a steps-unit round), so the same budget buys "
+        f"{len(ep)} updates instead of {len(st)}, each on fewer transitions: the optimisation trade-off the study "
+        "measures moves with the unit. Returns are the mean over the first episode of each slot (whole episodes "
+        "from a reset, comparable across units); `return_mean` in summary.csv averages every completed episode."
+    )
 
 
 def _has_tabulate() -> bool:
