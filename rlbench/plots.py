@@ -239,9 +239,10 @@ def _legend(fig: Figure, any_flag: bool, any_ns: bool, analysis: str, allowed: s
                              label=f"not significant: BH q >= {stats.Q_LEVEL:g} ({analysis})"))
     if any_flag:
         handles.append(Patch(facecolor="white", edgecolor="0.35", hatch="xxx",
-                             label="flagged cell (n<2, zero variance, NaN, missing or unpaired runs; see report)"))
+                             label="flagged (n<2, zero variance, NaN, missing/unpaired runs; see report)"))
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False, ncol=len(handles))
+        ncol = len(handles) if fig.get_figwidth() >= 9 else 1
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False, ncol=ncol)
     if allowed:
         fig.text(0.5, 0.0, textwrap.fill(f"allowed comparability difference: {allowed}", 160), ha="center",
                  va="bottom", fontsize=7)

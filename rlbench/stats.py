@@ -23,8 +23,6 @@ silently filled with 0 (GS filled missing seeds with 0).
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -364,9 +362,10 @@ def bootstrap_ci(d: np.ndarray, level: float = 0.95, n_resamples: int = 9999,
     nan = np.isnan(d).any(axis=-1)
     with warnings.catch_warnings():  # constant data: scipy warns and returns the constant
         warnings.simplefilter("ignore")
+        batch = max(1, min(n_resamples, 4_000_000 // max(1, d.size)))  # bounds memory for large batches of cells
         res = sps.bootstrap((np.where(nan[..., None], 0.0, d),), np.mean, n_resamples=n_resamples,
                             confidence_level=level, method="percentile", axis=-1, vectorized=True,
-                            rng=np.random.default_rng(rng))
+                            batch=batch, rng=np.random.default_rng(rng))
     lo, hi = np.asarray(res.confidence_interval.low, float), np.asarray(res.confidence_interval.high, float)
     return np.where(nan, np.nan, lo), np.where(nan, np.nan, hi)
 
@@ -522,43 +521,3 @@ def grid(report: pd.DataFrame, env_id: str, column: str) -> tuple[np.ndarray, np
     else:
         vals = vals.astype(float)
     return marks, upds, vals
-
-
-# --------------------------------------------------------------------------- rliable export
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", s).strip("-")
-
-
-def rliable_arrays(df: pd.DataFrame, metric: str = "return") -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """Per-seed, per-task scores as rliable (runs x tasks) matrices.
-
-    One array per (env_id, algo, budget_mark, test_update) of shape ``[n_seeds, n_tasks]``
-    (rows = seeds in ascending order, columns = meta-test task indices in ascending order; a
-    task missing for a seed is NaN). Returns ``(arrays, index)`` where ``index`` has one row per
-    array: ``key, env_id, algo, budget_mark, test_update, metric, seeds`` (JSON list) and
-    ``tasks`` (JSON list). Aggregate over the task axis (e.g. mean) before feeding rliable's
-    interval estimates if the seed should remain the unit of replication.
-    """
-    arrays: dict[str, np.ndarray] = {}
-    index = []
-    keys = ["env_id", "algo", "budget_mark", "test_update"]
-    for _, env_df in df.groupby("env_id", sort=True):
-        # one reshape per env (columns = that env's tasks); a group mean keeps a lone NaN as NaN
-        wide = env_df.groupby([*keys, "seed", "task"], sort=True)[metric].mean().unstack("task").sort_index(axis=1)
-        for (env_id, algo, mark, upd), block in wide.groupby(level=keys, sort=True):
-            key = f"{_slug(str(env_id))}__{_slug(str(algo))}__b{int(mark)}__u{int(upd)}"
-            arrays[key] = block.to_numpy(dtype=float)
-            index.append({
-                "key": key, "env_id": env_id, "algo": algo, "budget_mark": int(mark), "test_update": int(upd),
-                "metric": metric, "seeds": json.dumps([int(s) for s in block.index.get_level_values("seed")]),
-                "tasks": json.dumps([int(t) for t in block.columns]),
-            })
-    return arrays, pd.DataFrame(index)
-
-
-def save_rliable(arrays: Mapping[str, np.ndarray], index: pd.DataFrame, npz_path: Path, index_path: Path) -> None:
-    """Write the arrays of :func:`rliable_arrays` to ``npz_path`` and their index to ``index_path`` (CSV)."""
-    np.savez_compressed(npz_path, **dict(arrays))
-    index.to_csv(index_path, index=False)

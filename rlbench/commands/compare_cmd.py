@@ -112,6 +112,8 @@ def _drop(d: object, dotted: str) -> object:
     out = dict(d)
     if rest:
         out[head] = _drop(d[head], rest)
+        if out[head] == {} and d[head] != {}:  # emptied by the drop: as if the parent were absent too
+            del out[head]
     else:
         del out[head]
     return out
