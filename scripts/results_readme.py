@@ -54,10 +54,10 @@ def _pair_text(report: pd.DataFrame, scores: pd.DataFrame | None) -> list[str]:
         elif init_flags:
             flag_text = f"; its paired cells are flagged {', '.join(init_flags)}"
         lines += [
-            f"**{env_label(env_id)}, {la} vs {lb}.** At checkpoint 0 both start from the seed's initial "
+            (f"**{env_label(env_id)}, {la} vs {lb}.** At checkpoint 0 both start from the seed's initial "
             f"policy (mean return {init0}{flag_text}). "
             f"At the last checkpoint ({int(last):,} steps) after {int(fin['test_update'])} test update(s): "
-            f"{la} {_fmt(fin['mean_a'])}, {lb} {_fmt(fin['mean_b'])}.",
+            f"{la} {_fmt(fin['mean_a'])}, {lb} {_fmt(fin['mean_b'])}."),
             "",
             f"* paired (headline): difference {_fmt(fin['paired_diff'])}, 95% t interval "
             f"[{_fmt(fin['paired_ci_low'])}, {_fmt(fin['paired_ci_high'])}], bootstrap "
