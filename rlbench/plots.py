@@ -528,3 +528,49 @@ def adaptation_figure(scores: pd.DataFrame, algos: Sequence[str], *, metric: str
     suptitle(fig, f"{names}: meta-test {METRIC_LABELS.get(metric, metric)} vs test updates at selected "
                   "checkpoints (mean and 95% CI over seeds)")
     return fig
+
+
+# --------------------------------------------------------------------------- aggregate across environments
+
+
+def aggregate_figure(agg: pd.DataFrame, *, test_update: int = 1) -> Figure:
+    """rliable-style aggregate of one pair across environments after ``test_update`` test updates.
+
+    ``agg``: :func:`rlbench.aggregate.aggregate_table` output. Left: interquartile mean of the
+    normalised scores of each algorithm per checkpoint with its stratified bootstrap 95% CI;
+    right: probability of improvement P(first > second) with its CI (0.5 = no difference). The
+    normalisation (0 = the shared initial policy, 1 = the best cell mean either algorithm
+    reaches in that environment) is stated in the title. The plotted rows are attached as
+    ``fig.rlbench_rows``.
+    """
+    a, b = agg["algo_a"].iloc[0], agg["algo_b"].iloc[0]
+    metric = agg["metric"].iloc[0]
+    ups = sorted(agg["test_update"].unique())
+    u = test_update if test_update in ups else ups[-1]
+    rows = agg[agg["test_update"] == u].sort_values("checkpoint")
+    fig, (ax1, ax2) = new_figure(2, ncols=2, panel_size=(3.8, 2.8), extra_height=0.9)
+    x = rows["checkpoint"].to_numpy(float)
+    for algo, col, color in ((a, "a", PAIR_COLORS[0]), (b, "b", PAIR_COLORS[1])):
+        ax1.plot(x, rows[f"iqm_{col}"], color=color, marker="o", markersize=3, label=algo_label(algo))
+        ax1.fill_between(x, rows[f"iqm_{col}_low"], rows[f"iqm_{col}_high"], color=color, alpha=0.2, linewidth=0)
+    ax1.set_xlabel("checkpoint (0 = initial policy)")
+    ax1.set_ylabel("IQM of normalised score")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.plot(x, rows["poi"], color="k", marker="o", markersize=3)
+    ax2.fill_between(x, rows["poi_low"], rows["poi_high"], color="0.5", alpha=0.3, linewidth=0)
+    ax2.axhline(0.5, color="0.4", linestyle="--", linewidth=1)
+    ax2.set_ylim(-0.03, 1.03)
+    ax2.set_xlabel("checkpoint (0 = initial policy)")
+    ax2.set_ylabel(f"P({algo_label(a)} > {algo_label(b)})")
+    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x)
+    n_env = int(rows["n_envs"].max()) if len(rows) else 0
+    norm = ("success rate, not rescaled" if metric == "success" else
+            "score normalised per environment: 0 = shared initial policy, 1 = best cell mean of either method")
+    suptitle(fig, f"{algo_label(a)} vs {algo_label(b)} across {n_env} environment(s) after {u} test update(s): "
+                  f"interquartile mean and probability of improvement, stratified bootstrap 95% CIs over seeds "
+                  f"({norm})", fontsize=9)
+    fig.rlbench_rows = rows
+    return fig

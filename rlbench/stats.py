@@ -6,15 +6,26 @@ are never treated as replicates (DESIGN.md principle 6): a seed's score in a cel
 over its meta-test tasks (:func:`seed_scores`), and every test below runs over those seed
 scores.
 
-Two families of statistics (PROTOCOL.md section 7):
+Three analyses, side by side in the report (:func:`compare_cells`, docs/protocol.md, section
+"Statistics"):
 
-* default: ``P(first better) = 1 - p`` of the one-sided Welch t-test over seed means (exactly
-  ``scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater")``), plus a Welch 95%
-  CI of the mean difference, Hedges' g, A12 and Benjamini-Hochberg q-values over the grid;
-* paper-compatible ("GS", the authors' ``experiments/benchmark/summary.py``), off by default:
+* ``paired`` (the headline): the runner's design is blocked by seed (every algorithm of a seed
+  starts from the same initial policy and is meta-tested on the same tasks, proven per run by
+  :mod:`rlbench.pairing`), so the test runs on the per-seed differences: exactly
+  ``scipy.stats.ttest_rel(a, b, alternative="greater")``, with its two-sided t interval, a
+  percentile bootstrap interval over seeds (``scipy.stats.bootstrap``) and the fraction of
+  seeds the first method wins;
+* ``welch``: ``1 - p`` of the one-sided Welch t-test over seed means (exactly
+  ``scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater")``) and its 95% CI;
+  valid for unpaired runs, conservative on the blocked design (results/stats_calibration);
+* ``paper`` (the authors' ``experiments/benchmark/summary.py``, "GS"):
   per-method spread ``sqrt(var(seed means, ddof 0) + mean(within-seed SE^2)) / sqrt(n)`` and a
   degrees-of-freedom formula with ``s^4 / (n (n - 1))`` denominator terms (the Welch df divided
   by n), reported as ``2 P - 1 = 2 F_nu(d / se) - 1`` in [-1, 1].
+
+Each has Benjamini-Hochberg q-values over the grid; Hedges' g and A12 are common columns.
+``1 - p`` is a monotone transform of a p-value, not a posterior probability that the first
+method is better.
 
 Degenerate cells (fewer than two seeds in a group, zero variance in both groups, NaN scores,
 missing runs) are FLAGGED with a reason string and their probability is NaN; nothing is ever
@@ -158,7 +169,7 @@ def welch(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "n_a": np.asarray(n_a), "n_b": np.asarray(n_b), "mean_a": np.asarray(m_a), "mean_b": np.asarray(m_b),
         "var_a": np.asarray(v_a), "var_b": np.asarray(v_b), "diff": np.asarray(m_a - m_b),
-        "se": np.sqrt(se2), "df": df, "t": t, "p": p, "prob": prob, "flags": flags,
+        "se": np.sqrt(se2), "df": df, "t": t, "p": p, "prob": prob, "one_minus_p": prob, "flags": flags,
     }
 
 

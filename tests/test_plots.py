@@ -168,3 +168,19 @@ def test_success_curves_stay_in_unit_interval():
     for coll in ax.collections:  # CI bands clipped to [0, 1]
         verts = np.concatenate([p.vertices for p in coll.get_paths()])
         assert verts[:, 1].min() >= 0 and verts[:, 1].max() <= 1
+
+
+def test_aggregate_figure_draws_the_table():
+    from rlbench import aggregate
+
+    sc = aggregate.with_checkpoint_index(_scores())
+    norm = aggregate.normalisation(sc, ("drs-ppo", "promp"), "return")
+    arrays, index = aggregate.score_matrices(aggregate.normalised_scores(sc, norm), ("drs-ppo", "promp"))
+    agg = aggregate.aggregate_table(arrays, index, "drs-ppo", "promp", "return", reps=200)
+    fig = plots.aggregate_figure(agg)
+    rows = agg[agg["test_update"] == 1].sort_values("checkpoint")
+    ax_iqm, ax_poi = [ax for ax in fig.axes if ax.get_visible()][:2]
+    np.testing.assert_allclose(ax_iqm.get_lines()[0].get_ydata(), rows["iqm_a"])
+    np.testing.assert_allclose(ax_iqm.get_lines()[1].get_ydata(), rows["iqm_b"])
+    np.testing.assert_allclose(ax_poi.get_lines()[0].get_ydata(), rows["poi"])
+    assert "0 = shared initial policy" in fig.get_suptitle().replace("\n", " ")

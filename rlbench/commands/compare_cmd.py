@@ -1,10 +1,15 @@
 """``rlbench compare``: statistics and figures of DRS vs MAML from a directory of finished runs.
 
 Reads every run directory (one holding ``run.json``) under RESULTS_DIR, checks that runs of
-the same environment are comparable (identical ``comparability`` dicts), and writes per pair
-of algorithms: the per-cell report CSV, the contour figure (the paper's Figures 1/2), learning
-and adaptation curves (and success-rate versions where success is recorded), and the
-per-seed scores as rliable (runs x tasks) arrays. ``rlbench run`` calls :func:`compare`.
+the same environment are comparable (identical ``comparability`` dicts, up to the keys named
+with ``--allow-difference``) and which runs are proven paired (their ``pairing`` records,
+:mod:`rlbench.pairing`), and writes per pair of algorithms: the per-cell report CSV with the
+paired, Welch and paper analyses side by side, the contour figure (the paper's Figures 1/2)
+in the chosen analysis, learning and adaptation curves (and success-rate versions where
+success is recorded), the rliable export (seeds x environments) and the aggregate across
+environments; per study: one figure with a panel per environment x pair and a summary
+table. With ``--power`` it prints the seeds needed for 80% power instead.
+``rlbench run`` calls :func:`compare`.
 
 Nothing in ``--out`` is deleted; only this command's own output files (fixed names starting
 with the pair, see :func:`output_stem`) are written or replaced, and all validation happens
@@ -384,6 +389,8 @@ def compare(results_dir: Path | str, pairs: Iterable[str | Sequence[str]], out_d
             ("learning", metric, plots.learning_figure, {"scores": scores, "algos": pair, "metric": metric}),
             ("adaptation", metric, plots.adaptation_figure, {"scores": scores, "algos": pair, "metric": metric}),
         ]
+        if len(agg) and agg["flags"].fillna("").eq("").any():
+            figures.append(("aggregate", metric, plots.aggregate_figure, {"agg": agg}))
         if success_scores is not None:
             figures += [
                 (kind, "success", build, {"scores": success_scores, "algos": pair, "metric": "success"})
