@@ -72,7 +72,9 @@ def power_table(report: pd.DataFrame, scores: pd.DataFrame, effect: float | None
     sd_b, seeds_paired, seeds_welch, note``; a seed count is NaN where it cannot be computed
     (``note`` says why) or exceeds :data:`N_MAX`.
     """
-    rows = []
+    rows: list[dict] = []
+    if report.empty:
+        return pd.DataFrame(rows)
     a, b = report["algo_a"].iloc[0], report["algo_b"].iloc[0]
     for env_id, r in report.groupby("env_id", sort=True):
         last = r["budget_mark"].max()

@@ -433,6 +433,8 @@ def power_report(results_dir: Path | str, pairs: Iterable[str | Sequence[str]], 
         pdf = df[df["algo"].isin(pair)]
         if metric == "success":
             pdf = pdf[pdf.groupby("env_id")["success"].transform(lambda s: s.notna().any())]
+            if pdf.empty:
+                raise UsageError(f"no environment of {pair[0]}:{pair[1]} records success (Meta-World only)")
         scores = stats.seed_scores(pdf, metric)
         report = stats.compare_cells(scores, pair[0], pair[1], metric, unpaired=unpaired, n_boot=99)
         tables.append(power.power_table(report, scores, effect=effect, target=target))
