@@ -6,8 +6,7 @@ are never treated as replicates (DESIGN.md principle 6): a seed's score in a cel
 over its meta-test tasks (:func:`seed_scores`), and every test below runs over those seed
 scores.
 
-Three analyses, side by side in the report (:func:`compare_cells`, docs/protocol.md, section
-"Statistics"):
+Three analyses, side by side in the report (:func:`compare_cells`; docs/protocol.md section 7):
 
 * ``paired`` (the headline): the runner's design is blocked by seed (every algorithm of a seed
   starts from the same initial policy and is meta-tested on the same tasks, proven per run by
