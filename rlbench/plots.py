@@ -133,7 +133,8 @@ def _flag_mask(flags: np.ndarray) -> np.ndarray:
 
 
 def contour(ax: Axes, budget_steps: Sequence[float], test_updates: Sequence[int], prob: np.ndarray, *,
-            title: str, flags: np.ndarray | None = None, paper_compat: bool = False) -> Axes:
+            title: str, flags: np.ndarray | None = None, paper_compat: bool = False,
+            not_significant: np.ndarray | None = None) -> Axes:
     """Contour map of a probability over (meta-training budget, test updates).
 
     budget_steps: [C] env-step marks (x), test_updates: [U] (y), prob: [C, U] probabilities
@@ -142,7 +143,8 @@ def contour(ax: Axes, budget_steps: Sequence[float], test_updates: Sequence[int]
     difference) and the P = 0.5 contour drawn in black. Paper-compat style (GS summary.py):
     ``2P - 1`` with 50 levels over [-1.01, 1.01], RdBu_r, vmin -1, vmax 1, and a visible
     "paper-compat" label. ``flags``: [C, U] bool or reason strings (non-empty = flagged);
-    flagged cells are hatched. NaN cells are left blank. With a single checkpoint or update a
+    flagged cells are cross-hatched ("xxx"). ``not_significant``: [C, U] bool, cells whose BH
+    q-value is not below 0.05 in the analysis shown, hatched "///" (unless flagged). NaN cells are left blank. With a single checkpoint or update a
     cell map (pcolormesh) replaces the contour, which needs two values per axis.
 
     The plotted array (shape [U, C], masked where NaN) is attached to the returned axes as
@@ -171,14 +173,23 @@ def contour(ax: Axes, budget_steps: Sequence[float], test_updates: Sequence[int]
         cs = ax.pcolormesh(x, y, zm, cmap="RdBu_r", vmin=vmin, vmax=vmax, shading="nearest")
     ax.rlbench_values = zm
     ax.rlbench_mappable = cs
+    xe, ye = _cell_edges(x), _cell_edges(y)
+    f = np.zeros(p.shape, bool)
     if flags is not None:
         f = _flag_mask(flags)
         if f.shape != p.shape:
             raise ValueError(f"flags has shape {f.shape}, expected {p.shape}")
-        xe, ye = _cell_edges(x), _cell_edges(y)
-        for i, j in zip(*np.nonzero(f)):
+    ns = np.zeros(p.shape, bool)
+    if not_significant is not None:
+        ns = np.asarray(not_significant, dtype=bool)
+        if ns.shape != p.shape:
+            raise ValueError(f"not_significant has shape {ns.shape}, expected {p.shape}")
+        ns = ns & ~f
+    ax.rlbench_hatched = {"flagged": f.copy(), "not_significant": ns.copy()}
+    for mask, hatch in ((f, "xxx"), (ns, "///")):
+        for i, j in zip(*np.nonzero(mask)):
             ax.add_patch(Rectangle((xe[i], ye[j]), xe[i + 1] - xe[i], ye[j + 1] - ye[j], facecolor="none",
-                                   edgecolor="0.2", hatch="xxx", linewidth=0.0, zorder=3))
+                                   edgecolor="0.35", hatch=hatch, linewidth=0.0, zorder=3))
     if paper_compat:
         ax.text(0.02, 0.96, "paper-compat (GS)", transform=ax.transAxes, ha="left", va="top", fontsize=7,
                 bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.5"},
@@ -193,41 +204,185 @@ def contour(ax: Axes, budget_steps: Sequence[float], test_updates: Sequence[int]
     return ax
 
 
-def contour_figure(report: pd.DataFrame, *, paper_compat: bool = False) -> Figure:
+#: How each analysis is named in captions.
+ANALYSIS_TEXT = {
+    "paired": "one-sided paired t-test over seeds (seed = block: shared initial policy and test tasks)",
+    "welch": "one-sided Welch t-test over seed means (unpaired)",
+    "paper": "paper-compatible (GS) statistic",
+}
+P_NOTE = "1 - p is a p-value transform, not a posterior probability"
+
+
+def _panel_values(report: pd.DataFrame, env_id: str, analysis: str):
+    """(marks, updates, 1-p values, flags, not-significant mask) of one env for the shown analysis."""
+    marks, upds, prob = stats.grid(report, env_id, f"{analysis}_one_minus_p")
+    _, _, fl = stats.grid(report, env_id, f"{analysis}_flags")
+    _, _, q = stats.grid(report, env_id, f"{analysis}_q")
+    ns = ~(q < stats.Q_LEVEL) & ~np.isnan(prob)
+    return marks, upds, prob, fl, ns
+
+
+def _caption(la: str, lb: str, metric: str, analysis: str) -> tuple[str, str]:
+    if analysis == "paper":
+        head = (f"{la} vs {lb} ({METRIC_LABELS.get(metric, metric)}): paper-compatible (GS) statistic 2P - 1 with "
+                f"P = F_nu(d/se) ({P_NOTE.replace('1 - p', 'P')})")
+        return head, f"2P - 1   (+1: {la} better)"
+    head = (f"{la} vs {lb} ({METRIC_LABELS.get(metric, metric)}): 1 - p of the {ANALYSIS_TEXT[analysis]}; "
+            f"{P_NOTE}; black line: 1 - p = 0.5")
+    return head, f"1 - p   (1: {la} better)"
+
+
+def _legend(fig: Figure, any_flag: bool, any_ns: bool, analysis: str, allowed: str) -> None:
+    handles = []
+    if any_ns:
+        handles.append(Patch(facecolor="white", edgecolor="0.35", hatch="///",
+                             label=f"not significant: BH q >= {stats.Q_LEVEL:g} ({analysis})"))
+    if any_flag:
+        handles.append(Patch(facecolor="white", edgecolor="0.35", hatch="xxx",
+                             label="flagged (n<2, zero variance, NaN, missing/unpaired runs; see report)"))
+    if handles:
+        ncol = len(handles) if fig.get_figwidth() >= 9 else 1
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False, ncol=ncol)
+    if allowed:
+        fig.text(0.5, 0.0, textwrap.fill(f"allowed comparability difference: {allowed}", 160), ha="center",
+                 va="bottom", fontsize=7)
+
+
+def contour_figure(report: pd.DataFrame, *, analysis: str = "paired", paper_compat: bool = False) -> Figure:
     """The paper's Figure 1/2 layout for one pair: one contour panel per environment, shared colorbar.
 
-    ``report`` is :func:`rlbench.stats.compare_cells` output for ONE pair. Default: P(first
-    better) = 1 - one-sided Welch p; paper-compat: GS's 2P - 1.
+    ``report`` is :func:`rlbench.stats.compare_cells` output for ONE pair. ``analysis``: which
+    of its analyses to show (``paired``, ``welch``: 1 - p of the one-sided test; ``paper``: GS's
+    2P - 1; ``paper_compat=True`` is the old spelling of ``analysis="paper"``). Cells not
+    significant at BH q < 0.05 in that analysis are hatched "///", flagged cells "xxx"; the
+    caption names the analysis and any allowed comparability difference.
     """
+    if paper_compat:
+        analysis = "paper"
+    stats.check_analysis(analysis)
     a, b = report["algo_a"].iloc[0], report["algo_b"].iloc[0]
     metric = report["metric"].iloc[0]
     la, lb = algo_label(a), algo_label(b)
     envs = ordered_envs(report["env_id"])
-    fig, axes = new_figure(len(envs), ncols=4, extra_height=1.0)
-    col, fcol = ("gs_prob", "gs_flags") if paper_compat else ("prob", "flags")
-    any_flag = False
+    fig, axes = new_figure(len(envs), ncols=4, extra_height=1.2)
+    any_flag = any_ns = False
     for ax, env_id in zip(axes, envs):
-        marks, upds, prob = stats.grid(report, env_id, col)
-        _, _, fl = stats.grid(report, env_id, fcol)
+        marks, upds, prob, fl, ns = _panel_values(report, env_id, analysis)
         any_flag |= bool((fl != "").any())
+        any_ns |= bool((ns & (fl == "")).any())
         contour(ax, marks, upds, prob, title=f"{env_label(env_id)}\n{la} vs {lb}", flags=fl,
-                paper_compat=paper_compat)
-    if paper_compat:
-        norm, label = Normalize(-1, 1), f"2P - 1   (+1: {la} better)"
-        head = f"{la} vs {lb} ({METRIC_LABELS.get(metric, metric)}): paper-compat (GS) statistic 2P - 1"
-    else:
-        norm, label = Normalize(0, 1), f"P({la} better)"
-        head = (f"{la} vs {lb} ({METRIC_LABELS.get(metric, metric)}): P({la} better) = 1 - p, "
-                "one-sided Welch t-test over seeds; black line: P = 0.5")
+                paper_compat=analysis == "paper", not_significant=ns)
+    head, label = _caption(la, lb, metric, analysis)
+    norm = Normalize(-1, 1) if analysis == "paper" else Normalize(0, 1)
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap="RdBu_r"), ax=axes, label=label, shrink=0.9)
-    if not paper_compat:
+    if analysis != "paper":
         cbar.set_ticks([0, 0.25, 0.5, 0.75, 1.0])
     suptitle(fig, head)
-    if any_flag:
-        fig.legend(handles=[Patch(facecolor="white", edgecolor="0.2", hatch="xxx",
-                                  label="flagged cell (n<2, zero variance, NaN or missing runs; see report)")],
-                   loc="outside lower center", fontsize=8, frameon=False)
+    allowed = report["allowed_differences"].iloc[0] if "allowed_differences" in report else ""
+    _legend(fig, any_flag, any_ns, analysis, allowed if isinstance(allowed, str) else "")
     return fig
+
+
+def study_figure(reports: Sequence[pd.DataFrame], *, analysis: str = "paired") -> Figure:
+    """One figure per study (the paper's Figures 1 and 2 together): a contour panel per
+    (environment x pair), environments in columns and pairs in rows, one shared colour scale."""
+    stats.check_analysis(analysis)
+    reports = [r for r in reports if len(r)]
+    envs = ordered_envs(pd.concat([r["env_id"] for r in reports]))
+    ncols = len(envs)
+    fig, axes = new_figure(ncols * len(reports), ncols=ncols, extra_height=1.3)
+    any_flag = any_ns = False
+    for row, report in enumerate(reports):
+        la, lb = algo_label(report["algo_a"].iloc[0]), algo_label(report["algo_b"].iloc[0])
+        for col, env_id in enumerate(envs):
+            ax = axes[row * ncols + col]
+            if not (report["env_id"] == env_id).any():
+                ax.set_visible(False)
+                continue
+            marks, upds, prob, fl, ns = _panel_values(report, env_id, analysis)
+            any_flag |= bool((fl != "").any())
+            any_ns |= bool((ns & (fl == "")).any())
+            contour(ax, marks, upds, prob, title=f"{env_label(env_id)}\n{la} vs {lb}", flags=fl,
+                    paper_compat=analysis == "paper", not_significant=ns)
+    metric = reports[0]["metric"].iloc[0]
+    head, label = _caption("first", "second method", metric, analysis)
+    head = head.replace("first vs second method", "DRS method vs MAML method (red: DRS better)")
+    norm = Normalize(-1, 1) if analysis == "paper" else Normalize(0, 1)
+    fig.colorbar(ScalarMappable(norm=norm, cmap="RdBu_r"), ax=axes, label=label.replace("first", "DRS method"),
+                 shrink=0.9)
+    suptitle(fig, head)
+    allowed = "; ".join(sorted({str(r["allowed_differences"].iloc[0]) for r in reports
+                                if "allowed_differences" in r and r["allowed_differences"].iloc[0]}))
+    _legend(fig, any_flag, any_ns, analysis, allowed)
+    return fig
+
+
+#: Columns of the study summary (see :func:`summary_table`).
+SUMMARY_COLUMNS = ["env_id", "algo_a", "algo_b", "analysis", "checkpoint", "budget_mark", "test_update", "n",
+                   "diff", "ci_low", "ci_high", "q", "verdict"]
+
+
+def summary_table(reports: Sequence[pd.DataFrame], analysis: str) -> pd.DataFrame:
+    """Per environment and pair, at each checkpoint after 1 and after the last test update: the
+    difference with its 95% CI in ``analysis`` and a verdict: ``"<first> better"`` if BH q <
+    0.05 (one-sided test for the first method), ``"<second> better"`` if the 95% CI lies below 0,
+    ``"no difference shown"`` otherwise, ``"flagged: <reasons>"`` for flagged cells.
+    The CI is the paired t interval (``paired``) or the Welch interval (``welch``, ``paper``:
+    the paper's statistic has no interval of its own)."""
+    stats.check_analysis(analysis)
+    ci = ("paired_ci_low", "paired_ci_high") if analysis == "paired" else ("welch_ci_low", "welch_ci_high")
+    dcol, ncol = ("paired_diff", "paired_n") if analysis == "paired" else ("diff", None)
+    rows = []
+    for report in reports:
+        for env_id, r in report.groupby("env_id", sort=True):
+            marks = sorted(r["budget_mark"].unique())
+            ups = sorted(r["test_update"].unique())
+            for k, mark in enumerate(marks):
+                for u in sorted({min(1, ups[-1]), ups[-1]}):
+                    c = r[(r["budget_mark"] == mark) & (r["test_update"] == u)]
+                    if c.empty:
+                        continue
+                    c = c.iloc[0]
+                    la, lb = algo_label(c["algo_a"]), algo_label(c["algo_b"])
+                    fl, q = c[f"{analysis}_flags"], float(c[f"{analysis}_q"])
+                    lo, hi = float(c[ci[0]]), float(c[ci[1]])
+                    if fl:
+                        verdict = f"flagged: {fl}"
+                    elif q < stats.Q_LEVEL:
+                        verdict = f"{la} better"
+                    elif hi < 0:
+                        verdict = f"{lb} better"
+                    else:
+                        verdict = "no difference shown"
+                    n = int(c[ncol]) if ncol else int(min(c["n_a"], c["n_b"]))
+                    rows.append({"env_id": env_id, "algo_a": c["algo_a"], "algo_b": c["algo_b"], "analysis": analysis,
+                                 "checkpoint": k, "budget_mark": int(mark), "test_update": int(u), "n": n,
+                                 "diff": float(c[dcol]), "ci_low": lo, "ci_high": hi, "q": q, "verdict": verdict})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def summary_markdown(summary: pd.DataFrame, analysis: str, allowed: str = "") -> str:
+    """The study summary as a Markdown table (one row per env, pair and checkpoint; columns per test update)."""
+    intro = (f"Difference (first - second method) with 95% CI at each checkpoint; verdict at BH q < {stats.Q_LEVEL:g} "
+             f"({ANALYSIS_TEXT[analysis]}; 'second better' means the 95% CI lies below 0).")
+    lines = [f"# Study summary ({analysis} analysis)", "", intro, ""]
+    if allowed:
+        lines += [f"Allowed comparability difference: {allowed}", ""]
+    ups = sorted(summary["test_update"].unique())
+    head = ["environment", "pair", "checkpoint (steps)"] + [f"after {u} test update{'s' if u != 1 else ''}" for u in ups]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (env_id, a, b, k), g in summary.groupby(["env_id", "algo_a", "algo_b", "checkpoint"], sort=True):
+        cells = []
+        for u in ups:
+            c = g[g["test_update"] == u]
+            if c.empty:
+                cells.append("")
+                continue
+            c = c.iloc[0]
+            cells.append(f"{c['diff']:.4g} [{c['ci_low']:.4g}, {c['ci_high']:.4g}], n={c['n']}: {c['verdict']}")
+        row = [env_label(env_id), f"{algo_label(a)} vs {algo_label(b)}", f"{k} ({int(g['budget_mark'].iloc[0]):,})"]
+        lines.append("| " + " | ".join(row + cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- curves
@@ -372,4 +527,50 @@ def adaptation_figure(scores: pd.DataFrame, algos: Sequence[str], *, metric: str
                           title=f"{env_label(env_id)}: {names}")
     suptitle(fig, f"{names}: meta-test {METRIC_LABELS.get(metric, metric)} vs test updates at selected "
                   "checkpoints (mean and 95% CI over seeds)")
+    return fig
+
+
+# --------------------------------------------------------------------------- aggregate across environments
+
+
+def aggregate_figure(agg: pd.DataFrame, *, test_update: int = 1) -> Figure:
+    """rliable-style aggregate of one pair across environments after ``test_update`` test updates.
+
+    ``agg``: :func:`rlbench.aggregate.aggregate_table` output. Left: interquartile mean of the
+    normalised scores of each algorithm per checkpoint with its stratified bootstrap 95% CI;
+    right: probability of improvement P(first > second) with its CI (0.5 = no difference). The
+    normalisation (0 = the shared initial policy, 1 = the best cell mean either algorithm
+    reaches in that environment) is stated in the title. The plotted rows are attached as
+    ``fig.rlbench_rows``.
+    """
+    a, b = agg["algo_a"].iloc[0], agg["algo_b"].iloc[0]
+    metric = agg["metric"].iloc[0]
+    ups = sorted(agg["test_update"].unique())
+    u = test_update if test_update in ups else ups[-1]
+    rows = agg[agg["test_update"] == u].sort_values("checkpoint")
+    fig, (ax1, ax2) = new_figure(2, ncols=2, panel_size=(3.8, 2.8), extra_height=0.9)
+    x = rows["checkpoint"].to_numpy(float)
+    for algo, col, color in ((a, "a", PAIR_COLORS[0]), (b, "b", PAIR_COLORS[1])):
+        ax1.plot(x, rows[f"iqm_{col}"], color=color, marker="o", markersize=3, label=algo_label(algo))
+        ax1.fill_between(x, rows[f"iqm_{col}_low"], rows[f"iqm_{col}_high"], color=color, alpha=0.2, linewidth=0)
+    ax1.set_xlabel("checkpoint (0 = initial policy)")
+    ax1.set_ylabel("IQM of normalised score")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.plot(x, rows["poi"], color="k", marker="o", markersize=3)
+    ax2.fill_between(x, rows["poi_low"], rows["poi_high"], color="0.5", alpha=0.3, linewidth=0)
+    ax2.axhline(0.5, color="0.4", linestyle="--", linewidth=1)
+    ax2.set_ylim(-0.03, 1.03)
+    ax2.set_xlabel("checkpoint (0 = initial policy)")
+    ax2.set_ylabel(f"P({algo_label(a)} > {algo_label(b)})")
+    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x)
+    n_env = int(rows["n_envs"].max()) if len(rows) else 0
+    norm = ("success rate, not rescaled" if metric == "success" else
+            "score normalised per environment: 0 = shared initial policy, 1 = best cell mean of either method")
+    suptitle(fig, f"{algo_label(a)} vs {algo_label(b)} across {n_env} environment(s) after {u} test update(s): "
+                  f"interquartile mean and probability of improvement, stratified bootstrap 95% CIs over seeds "
+                  f"({norm})", fontsize=9)
+    fig.rlbench_rows = rows
     return fig

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import envs
-from rlbench import config, store
+from rlbench import config, pairing, store
 from rlbench.errors import UsageError
 from rlbench.evaluator import adaptation_rule
 from rlbench.progress import progress
@@ -154,6 +154,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         if not checkpoints:
             checkpoints.append(_save_checkpoint(run_dir, 0, marks[0], trainer))
         store.update_meta(run_dir, status="running", checkpoints=checkpoints)
+        pairing.ensure(run_dir)  # proof for paired statistics: hashes of the initial policy and test tasks
         bar = progress(total=cfg.budget, initial=trainer.budget.used, desc=f"train {cfg.algo} seed {cfg.seed}", unit="step", disable=quiet)
         done_iters = 0
         try:

@@ -6,15 +6,25 @@ are never treated as replicates (DESIGN.md principle 6): a seed's score in a cel
 over its meta-test tasks (:func:`seed_scores`), and every test below runs over those seed
 scores.
 
-Two families of statistics (docs/protocol.md section 7):
+Three analyses, side by side in the report (:func:`compare_cells`; docs/protocol.md section 7):
 
-* default: ``P(first better) = 1 - p`` of the one-sided Welch t-test over seed means (exactly
-  ``scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater")``), plus a Welch 95%
-  CI of the mean difference, Hedges' g, A12 and Benjamini-Hochberg q-values over the grid;
-* paper-compatible ("GS", the authors' ``experiments/benchmark/summary.py``), off by default:
+* ``paired`` (the headline): the runner's design is blocked by seed (every algorithm of a seed
+  starts from the same initial policy and is meta-tested on the same tasks, proven per run by
+  :mod:`rlbench.pairing`), so the test runs on the per-seed differences: exactly
+  ``scipy.stats.ttest_rel(a, b, alternative="greater")``, with its two-sided t interval, a
+  percentile bootstrap interval over seeds (``scipy.stats.bootstrap``) and the fraction of
+  seeds the first method wins;
+* ``welch``: ``1 - p`` of the one-sided Welch t-test over seed means (exactly
+  ``scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater")``) and its 95% CI;
+  valid for unpaired runs, conservative on the blocked design (results/stats_calibration);
+* ``paper`` (the authors' ``experiments/benchmark/summary.py``, "GS"):
   per-method spread ``sqrt(var(seed means, ddof 0) + mean(within-seed SE^2)) / sqrt(n)`` and a
   degrees-of-freedom formula with ``s^4 / (n (n - 1))`` denominator terms (the Welch df divided
   by n), reported as ``2 P - 1 = 2 F_nu(d / se) - 1`` in [-1, 1].
+
+Each has Benjamini-Hochberg q-values over the grid; Hedges' g and A12 are common columns.
+``1 - p`` is a monotone transform of a p-value, not a posterior probability that the first
+method is better.
 
 Degenerate cells (fewer than two seeds in a group, zero variance in both groups, NaN scores,
 missing runs) are FLAGGED with a reason string and their probability is NaN; nothing is ever
@@ -23,8 +33,6 @@ silently filled with 0 (GS filled missing seeds with 0).
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -46,6 +54,8 @@ FLAG_ZERO_VAR = "zero_var"
 FLAG_MISSING_A = "missing_runs_a"
 FLAG_MISSING_B = "missing_runs_b"
 FLAG_TASKS = "task_count_mismatch"
+FLAG_PAIRS = "n_pairs<2"
+FLAG_UNPAIRED = "unpaired"  # runs of the env are not proven paired (rlbench.pairing)
 
 
 # --------------------------------------------------------------------------- seed scores
@@ -158,7 +168,7 @@ def welch(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "n_a": np.asarray(n_a), "n_b": np.asarray(n_b), "mean_a": np.asarray(m_a), "mean_b": np.asarray(m_b),
         "var_a": np.asarray(v_a), "var_b": np.asarray(v_b), "diff": np.asarray(m_a - m_b),
-        "se": np.sqrt(se2), "df": df, "t": t, "p": p, "prob": prob, "flags": flags,
+        "se": np.sqrt(se2), "df": df, "t": t, "p": p, "prob": prob, "one_minus_p": prob, "flags": flags,
     }
 
 
@@ -255,7 +265,7 @@ def gs_spread(means: np.ndarray, within_se: np.ndarray) -> np.ndarray:
 def paper_compat(
     means_a: np.ndarray, se_a: np.ndarray, means_b: np.ndarray, se_b: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """GS's statistic (docs/protocol.md section 7): ``value = 2 F_nu(d / se) - 1`` in [-1, 1].
+    """GS's statistic (PROTOCOL.md section 7): ``value = 2 F_nu(d / se) - 1`` in [-1, 1].
 
     means_*: [..., n] seed means, se_*: [..., n] within-seed standard errors (same shape).
     ``s_i = gs_spread(...)``, ``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, ``d = mean_a - mean_b`` and
@@ -291,29 +301,133 @@ def _paper_compat(means_a: np.ndarray, se_a: np.ndarray, means_b: np.ndarray, se
             "flags": flags}
 
 
+# --------------------------------------------------------------------------- paired (seed-blocked) test
+
+
+def paired_flags(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reasons a paired comparison of ``a: [..., n]`` with ``b: [..., n]`` (seed-aligned) is undefined.
+
+    ``n_pairs<2`` (no variance estimate), ``nan_score`` (a NaN seed score), ``zero_var`` (every
+    paired difference is the same, e.g. the shared initial policy before any update: the t
+    statistic is 0/0 or +-inf, not a probability). ``""`` means the cell is fine.
+    """
+    a, b = _as_float(a), _as_float(b)
+    d = a - b
+    shape = d.shape[:-1]
+    nan = np.isnan(d).any(axis=-1)
+    with np.errstate(invalid="ignore"):
+        zero = (np.ptp(d, axis=-1) == 0) if d.shape[-1] else np.zeros(shape, bool)
+    return _join_reasons(shape, [(FLAG_PAIRS, np.full(shape, d.shape[-1] < 2)), (FLAG_NAN, nan),
+                                 (FLAG_ZERO_VAR, zero & ~nan & (d.shape[-1] >= 2))])
+
+
+def paired(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict[str, np.ndarray]:
+    """Paired t-test of ``a`` against ``b`` over seed-aligned last axes (``a[..., i]`` and ``b[..., i]``: seed i).
+
+    The seed is the block: the test runs on ``d = a - b``. Returns arrays over the leading
+    shape: ``n`` (pairs), ``diff = mean(d)``, ``sd = std(d, ddof 1)``, ``t``, ``df = n - 1``,
+    ``p`` (one-sided, H1: mean d > 0; exactly ``scipy.stats.ttest_rel(a, b, alternative="greater")``),
+    ``one_minus_p`` (the t CDF, accurate when p is tiny), the two-sided ``level`` t interval
+    ``ci_low, ci_high`` (scipy's ``confidence_interval``), ``win_frac`` (fraction of seeds with
+    d > 0, ties count 1/2) and ``flags`` (:func:`paired_flags`); t, p, CI NaN in flagged cells.
+    """
+    a, b = np.broadcast_arrays(_as_float(a), _as_float(b))
+    flags = paired_flags(a, b)
+    bad = flags != ""
+    d = a - b
+    n = d.shape[-1]
+    with warnings.catch_warnings():  # degenerate cells: NaN/inf from scipy, masked below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        diff = d.mean(axis=-1) if n else np.full(flags.shape, np.nan)
+        sd = d.std(axis=-1, ddof=1) if n > 1 else np.full(flags.shape, np.nan)
+        if n >= 2:
+            res = sps.ttest_rel(a, b, axis=-1, alternative="two-sided")
+            t = np.asarray(res.statistic, dtype=float)
+            ci = res.confidence_interval(level)
+            lo, hi = np.asarray(ci.low, dtype=float), np.asarray(ci.high, dtype=float)
+        else:
+            t = lo = hi = np.full(flags.shape, np.nan)
+    df = np.full(flags.shape, float(n - 1))
+    t, lo, hi, df = (np.where(bad, np.nan, x) for x in (t, lo, hi, df))
+    win = ((d > 0) + 0.5 * (d == 0)).mean(axis=-1) if n else np.full(flags.shape, np.nan)
+    win = np.where(np.isnan(d).any(axis=-1) if n else True, np.nan, win)
+    return {"n": np.full(flags.shape, n), "diff": np.asarray(diff), "sd": np.asarray(sd), "t": t, "df": df,
+            "p": sps.t.sf(t, df), "one_minus_p": sps.t.cdf(t, df), "ci_low": lo, "ci_high": hi,
+            "win_frac": np.asarray(win), "flags": flags}
+
+
+def bootstrap_ci(d: np.ndarray, level: float = 0.95, n_resamples: int = 9999,
+                 rng: np.random.Generator | int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of ``mean(d)`` over the seed (last) axis, ``scipy.stats.bootstrap``.
+
+    Seeds are resampled with replacement. NaN where there are fewer than two seeds or a NaN.
+    With n seeds there are only C(2n-1, n) distinct resamples (10 for n = 3), so the interval
+    is coarse and too narrow for small n (see results/stats_calibration for its coverage); the
+    t interval of :func:`paired` is the calibrated one.
+    """
+    d = _as_float(d)
+    shape = d.shape[:-1]
+    if d.shape[-1] < 2:
+        return np.full(shape, np.nan), np.full(shape, np.nan)
+    nan = np.isnan(d).any(axis=-1)
+    with warnings.catch_warnings():  # constant data: scipy warns and returns the constant
+        warnings.simplefilter("ignore")
+        batch = max(1, min(n_resamples, 4_000_000 // max(1, d.size)))  # bounds memory for large batches of cells
+        res = sps.bootstrap((np.where(nan[..., None], 0.0, d),), np.mean, n_resamples=n_resamples,
+                            confidence_level=level, method="percentile", axis=-1, vectorized=True,
+                            batch=batch, rng=np.random.default_rng(rng))
+    lo, hi = np.asarray(res.confidence_interval.low, float), np.asarray(res.confidence_interval.high, float)
+    return np.where(nan, np.nan, lo), np.where(nan, np.nan, hi)
+
+
 # --------------------------------------------------------------------------- per-cell report
 
+#: The analyses of the report (column prefixes); ``paired`` is the headline.
+ANALYSES = ("paired", "welch", "paper")
+#: Significance level of the figures' hatching and the summary verdicts (BH q-value threshold).
+Q_LEVEL = 0.05
 
 #: Columns of the per-cell report, in order (see :func:`compare_cells`).
 REPORT_COLUMNS = [
     "env_id", "budget_mark", "test_update", "algo_a", "algo_b", "metric",
-    "n_a", "n_b", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "hedges_g", "a12",
-    "p", "prob", "q", "flags", "gs_prob", "gs_value", "gs_flags", "env_steps_a", "env_steps_b",
+    "n_a", "n_b", "mean_a", "mean_b", "diff", "hedges_g", "a12", "env_steps_a", "env_steps_b",
+    "paired_n", "paired_diff", "paired_sd", "paired_ci_low", "paired_ci_high", "paired_boot_low",
+    "paired_boot_high", "paired_p", "paired_one_minus_p", "paired_q", "paired_win_frac", "paired_flags",
+    "welch_ci_low", "welch_ci_high", "welch_p", "welch_one_minus_p", "welch_q", "welch_flags",
+    "paper_value", "paper_one_minus_p", "paper_p", "paper_q", "paper_flags",
+    "prob", "allowed_differences",
 ]
+#: Columns holding flag strings (read back as "" rather than NaN).
+FLAG_COLUMNS = tuple(f"{a}_flags" for a in ANALYSES)
 
 
-def compare_cells(scores: pd.DataFrame, algo_a: str, algo_b: str, metric: str = "return") -> pd.DataFrame:
+def compare_cells(scores: pd.DataFrame, algo_a: str, algo_b: str, metric: str = "return", *,
+                  unpaired: Mapping[str, str] | None = None, allowed_differences: str = "",
+                  n_boot: int = 9999) -> pd.DataFrame:
     """Per-cell report of ``algo_a`` (DRS) against ``algo_b`` (MAML) from :func:`seed_scores` output.
 
-    One row per (env_id, budget_mark, test_update) present for either algorithm. Columns
-    (:data:`REPORT_COLUMNS`): seed counts, group means, ``diff = mean_a - mean_b`` with a Welch
-    95% CI, Hedges' g, A12, the one-sided Welch ``p`` and ``prob = 1 - p`` = P(a better), the
-    Benjamini-Hochberg ``q`` over the grid of each env (cells with any flag are excluded from the
-    family and get q = NaN), ``flags``, and GS's paper-compatible ``gs_prob``/``gs_value`` with
-    its own ``gs_flags`` (GS's reasons plus the cell's data problems). ``missing_runs_a/b`` flags a cell lacking a seed that the algorithm
-    has elsewhere in the same env (a run that stopped early, or no run at all); such a cell
-    keeps its statistics when n >= 2 but is flagged.
+    One row per (env_id, budget_mark, test_update) present for either algorithm, with three
+    analyses side by side (:data:`REPORT_COLUMNS`, prefixes :data:`ANALYSES`):
+
+    * ``paired_*`` (the headline): seed as the block, over the seeds both algorithms have in
+      the cell: mean paired difference, its SD, the two-sided 95% t interval, the 95%
+      percentile bootstrap interval over seeds, the one-sided paired ``p`` (H1: a better),
+      ``one_minus_p = 1 - p``, BH ``q``, the fraction of seeds a wins, and flags.
+      ``unpaired`` maps env ids whose runs are not proven paired (see :mod:`rlbench.pairing`)
+      to the reason: their paired columns are NaN, flagged ``unpaired``.
+    * ``welch_*``: Welch's unpaired t-test over seed means (95% CI, one-sided p, 1 - p, q).
+    * ``paper_*``: the authors' statistic (:func:`paper_compat`): ``paper_one_minus_p`` is GS's
+      ``F_nu(d/se)``, ``paper_value = 2 F - 1`` (what their figures show), ``paper_p = 1 - F``.
+
+    ``1 - p`` is a monotone transform of a p-value, NOT a posterior probability that a is
+    better. ``prob`` is a deprecated alias of ``welch_one_minus_p`` (the old report's column),
+    kept for one release. Common columns: seed counts, group means, ``diff = mean_a - mean_b``,
+    Hedges' g, A12, env steps. q-values: Benjamini-Hochberg over the cells of each env, per
+    analysis, leaving out cells flagged in that analysis. Data problems flag every analysis:
+    ``missing_runs_a/b`` (a seed the algorithm has elsewhere in the env is missing in the
+    cell), ``task_count_mismatch``.
     """
+    unpaired = dict(unpaired or {})
     sub = scores[scores["algo"].isin([algo_a, algo_b])]
     rows: list[dict] = []
     for env_id, env_df in sub.groupby("env_id", sort=True):
@@ -328,38 +442,77 @@ def compare_cells(scores: pd.DataFrame, algo_a: str, algo_b: str, metric: str = 
             w = welch(xa, xb)
             lo, hi = welch_ci(xa, xb)
             gs = paper_compat(xa, ga["within_se"].to_numpy(float), xb, gb["within_se"].to_numpy(float))
-            data = []  # data problems of the cell: they flag the default and the GS statistic alike
+            both = sorted(set(ga["seed"]) & set(gb["seed"]))
+            pa = ga.set_index("seed").loc[both, "score"].to_numpy(float)
+            pb = gb.set_index("seed").loc[both, "score"].to_numpy(float)
+            pr = paired(pa, pb)
+            blo, bhi = bootstrap_ci(pa - pb, n_resamples=n_boot, rng=0)
+            data = []  # data problems of the cell: they flag every analysis alike
             if set(ga["seed"]) != seeds_all[algo_a] or not seeds_all[algo_a]:
                 data.append(FLAG_MISSING_A)
             if set(gb["seed"]) != seeds_all[algo_b] or not seeds_all[algo_b]:
                 data.append(FLAG_MISSING_B)
             if g["n_tasks"].nunique() > 1:
                 data.append(FLAG_TASKS)
-            flags = [f for f in str(w["flags"].item()).split(";") if f] + data
-            gs_flags = [f for f in str(gs["flags"].item()).split(";") if f] + data
+
+            p_flags = _flags_text(pr, [FLAG_UNPAIRED] if env_id in unpaired else [], data)
+            pv = {k: (np.nan if env_id in unpaired else float(pr[k]))
+                  for k in ("diff", "sd", "ci_low", "ci_high", "p", "one_minus_p", "win_frac")}
+            if env_id in unpaired:
+                blo = bhi = np.nan
             env_rows.append({
                 "env_id": env_id, "budget_mark": int(mark), "test_update": int(upd),
                 "algo_a": algo_a, "algo_b": algo_b, "metric": metric,
                 "n_a": len(xa), "n_b": len(xb), "mean_a": float(w["mean_a"]), "mean_b": float(w["mean_b"]),
-                "diff": float(w["diff"]), "ci_low": float(lo), "ci_high": float(hi),
-                "hedges_g": float(hedges_g(xa, xb)), "a12": float(a12(xa, xb)),
-                "p": float(w["p"]), "prob": float(w["prob"]), "q": np.nan, "flags": ";".join(flags),
-                "gs_prob": float(gs["prob"]), "gs_value": float(gs["value"]), "gs_flags": ";".join(gs_flags),
+                "diff": float(w["diff"]), "hedges_g": float(hedges_g(xa, xb)), "a12": float(a12(xa, xb)),
                 "env_steps_a": float(ga["env_steps"].mean()) if len(ga) else np.nan,
                 "env_steps_b": float(gb["env_steps"].mean()) if len(gb) else np.nan,
+                "paired_n": len(both), "paired_diff": pv["diff"], "paired_sd": pv["sd"],
+                "paired_ci_low": pv["ci_low"], "paired_ci_high": pv["ci_high"],
+                "paired_boot_low": float(blo), "paired_boot_high": float(bhi), "paired_p": pv["p"],
+                "paired_one_minus_p": pv["one_minus_p"], "paired_q": np.nan, "paired_win_frac": pv["win_frac"],
+                "paired_flags": p_flags,
+                "welch_ci_low": float(lo), "welch_ci_high": float(hi), "welch_p": float(w["p"]),
+                "welch_one_minus_p": float(w["prob"]), "welch_q": np.nan, "welch_flags": _flags_text(w, [], data),
+                "paper_value": float(gs["value"]), "paper_one_minus_p": float(gs["prob"]),
+                "paper_p": float(1.0 - gs["prob"]), "paper_q": np.nan, "paper_flags": _flags_text(gs, [], data),
+                "prob": float(w["prob"]), "allowed_differences": allowed_differences,
             })
-        p = np.array([r["p"] if not r["flags"] else np.nan for r in env_rows])
-        for r, q in zip(env_rows, bh_qvalues(p)):
-            r["q"] = float(q)
+        for analysis in ANALYSES:
+            p = np.array([r[f"{analysis}_p"] if not r[f"{analysis}_flags"] else np.nan for r in env_rows])
+            for r, q in zip(env_rows, bh_qvalues(p)):
+                r[f"{analysis}_q"] = float(q)
         rows.extend(env_rows)
     return pd.DataFrame(rows, columns=REPORT_COLUMNS)
 
 
+def _flags_text(result: dict, extra: Iterable[str], data: Iterable[str]) -> str:
+    """A test's flags (``result["flags"]``, one cell) plus ``extra`` and the cell's data flags, joined by ";"."""
+    return ";".join([f for f in str(result["flags"].item()).split(";") if f] + list(extra) + list(data))
+
+
+def check_analysis(analysis: str) -> str:
+    """``analysis`` if it is one of :data:`ANALYSES`, else UsageError naming the choices."""
+    from rlbench.errors import UsageError
+
+    if analysis not in ANALYSES:
+        raise UsageError(f"unknown analysis {analysis!r}; choose one of {', '.join(ANALYSES)}")
+    return analysis
+
+
+def significant(report: pd.DataFrame, analysis: str, q_level: float = Q_LEVEL) -> pd.Series:
+    """Bool per report row: the cell's BH q-value in ``analysis`` is below ``q_level`` (flagged cells: False)."""
+    check_analysis(analysis)
+    q = report[f"{analysis}_q"].astype(float)
+    return (q < q_level) & (report[f"{analysis}_flags"].fillna("") == "")
+
+
 def read_report(path: Path | str) -> pd.DataFrame:
     """Read a report CSV written from :func:`compare_cells` output (empty flags stay ``""``, not NaN)."""
-    report = pd.read_csv(path, dtype={"flags": str, "gs_flags": str})
-    for col in ("flags", "gs_flags"):
-        report[col] = report[col].fillna("")
+    report = pd.read_csv(path, dtype={c: str for c in (*FLAG_COLUMNS, "allowed_differences")})
+    for col in (*FLAG_COLUMNS, "allowed_differences"):
+        if col in report.columns:
+            report[col] = report[col].fillna("")
     return report
 
 
@@ -378,43 +531,3 @@ def grid(report: pd.DataFrame, env_id: str, column: str) -> tuple[np.ndarray, np
     else:
         vals = vals.astype(float)
     return marks, upds, vals
-
-
-# --------------------------------------------------------------------------- rliable export
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", s).strip("-")
-
-
-def rliable_arrays(df: pd.DataFrame, metric: str = "return") -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """Per-seed, per-task scores as rliable (runs x tasks) matrices.
-
-    One array per (env_id, algo, budget_mark, test_update) of shape ``[n_seeds, n_tasks]``
-    (rows = seeds in ascending order, columns = meta-test task indices in ascending order; a
-    task missing for a seed is NaN). Returns ``(arrays, index)`` where ``index`` has one row per
-    array: ``key, env_id, algo, budget_mark, test_update, metric, seeds`` (JSON list) and
-    ``tasks`` (JSON list). Aggregate over the task axis (e.g. mean) before feeding rliable's
-    interval estimates if the seed should remain the unit of replication.
-    """
-    arrays: dict[str, np.ndarray] = {}
-    index = []
-    keys = ["env_id", "algo", "budget_mark", "test_update"]
-    for _, env_df in df.groupby("env_id", sort=True):
-        # one reshape per env (columns = that env's tasks); a group mean keeps a lone NaN as NaN
-        wide = env_df.groupby([*keys, "seed", "task"], sort=True)[metric].mean().unstack("task").sort_index(axis=1)
-        for (env_id, algo, mark, upd), block in wide.groupby(level=keys, sort=True):
-            key = f"{_slug(str(env_id))}__{_slug(str(algo))}__b{int(mark)}__u{int(upd)}"
-            arrays[key] = block.to_numpy(dtype=float)
-            index.append({
-                "key": key, "env_id": env_id, "algo": algo, "budget_mark": int(mark), "test_update": int(upd),
-                "metric": metric, "seeds": json.dumps([int(s) for s in block.index.get_level_values("seed")]),
-                "tasks": json.dumps([int(t) for t in block.columns]),
-            })
-    return arrays, pd.DataFrame(index)
-
-
-def save_rliable(arrays: Mapping[str, np.ndarray], index: pd.DataFrame, npz_path: Path, index_path: Path) -> None:
-    """Write the arrays of :func:`rliable_arrays` to ``npz_path`` and their index to ``index_path`` (CSV)."""
-    np.savez_compressed(npz_path, **dict(arrays))
-    index.to_csv(index_path, index=False)

@@ -26,13 +26,23 @@ def comparability(env_id: str) -> dict:
             "budget": MARKS[-1], "checkpoint_marks": list(MARKS)}
 
 
-def write_run(root: Path, env_id: str, algo: str, seed: int, rows: list[dict] | None, **comp_overrides) -> Path:
-    """One run directory: run.json (+ evaluation.csv unless rows is None)."""
+def pairing_record(env_id: str, seed: int) -> dict:
+    """What rlbench.pairing writes: equal for every algorithm of one (env, seed)."""
+    return {"version": 1, "init_params_sha256": f"init-{env_id}-{seed}", "test_tasks_sha256": f"tasks-{env_id}-{seed}"}
+
+
+def write_run(root: Path, env_id: str, algo: str, seed: int, rows: list[dict] | None, pairing: dict | None | str = "auto",
+              **comp_overrides) -> Path:
+    """One run directory: run.json (+ evaluation.csv unless rows is None). ``pairing=None``: an old run
+    without a pairing record."""
     d = root / env_id.replace("/", "_") / algo / f"seed_{seed}"
     d.mkdir(parents=True, exist_ok=True)
     comp = comparability(env_id) | comp_overrides
-    (d / "run.json").write_text(json.dumps({"env_id": env_id, "algo": algo, "seed": seed, "comparability": comp,
-                                            "git_commit": "deadbeef", "versions": {"numpy": np.__version__}}))
+    meta = {"env_id": env_id, "algo": algo, "seed": seed, "comparability": comp, "git_commit": "deadbeef",
+            "versions": {"numpy": np.__version__}}
+    if pairing is not None:
+        meta["pairing"] = pairing_record(env_id, seed) if pairing == "auto" else pairing
+    (d / "run.json").write_text(json.dumps(meta))
     if rows is not None:
         pd.DataFrame(rows).to_csv(d / "evaluation.csv", index=False)
     return d
@@ -93,23 +103,32 @@ def test_compare_cli_writes_every_output_and_keeps_other_files(compared, capsys)
         assert (out / f"drs-ppo_vs_promp_success_{kind}.png").exists()
     report = stats.read_report(out / f"{stem}report.csv")
     assert len(report) == 2 * len(MARKS) * 6 and list(report.columns) == stats.REPORT_COLUMNS
-    with np.load(out / f"{stem}rliable.npz") as z:
+    with np.load(out / f"{stem}rliable.npz") as z:  # rliable layout: seeds x environments
         index = pd.read_csv(out / f"{stem}rliable_index.csv")
-        assert len(index) == 2 * 2 * len(MARKS) * 6
-        assert all(z[k].shape == (len(SEEDS), N_TASKS) for k in index["key"])
+        assert len(index) == 2 * len(MARKS) * 6
+        assert all(z[k].shape == (len(SEEDS), 2) for k in index["key"])
+        assert all(json.loads(e) == sorted([LOCO, MW]) for e in index["envs"])
+    agg = pd.read_csv(out / f"{stem}aggregate.csv")
+    assert len(agg) == len(MARKS) * 6 and agg["flags"].isna().all()
+    for name in ("study_return_contour.png", "study_return_contour.pdf", "study_return_summary.csv",
+                 "study_return_summary.md"):
+        assert (out / name).stat().st_size > 100
 
 
 def test_synthetic_truth_is_recovered(compared):
     _, out, _, _ = compared
     r = stats.read_report(out / "drs-ppo_vs_promp_return_report.csv")
-    assert (r["n_a"] == len(SEEDS)).all() and (r["n_b"] == len(SEEDS)).all() and (r["flags"] == "").all()
+    assert (r["n_a"] == len(SEEDS)).all() and (r["n_b"] == len(SEEDS)).all()
+    assert (r["welch_flags"] == "").all() and (r["paired_flags"] == "").all()
     init, later = r[r["budget_mark"] == 0], r[r["budget_mark"] > 0]
-    assert (abs(init["prob"] - 0.5) < 0.25).all(), init["prob"].tolist()  # identical in distribution
-    assert (later["prob"] > 0.999).all() and (later["q"] < 0.01).all()
-    assert (later["ci_low"] > 10).all() and (later["ci_high"] < 30).all()  # true difference is 20
+    assert (abs(init["welch_one_minus_p"] - 0.5) < 0.25).all()  # identical in distribution
+    assert (later["welch_one_minus_p"] > 0.999).all() and (later["welch_q"] < 0.01).all()
+    assert (later["welch_ci_low"] > 10).all() and (later["welch_ci_high"] < 30).all()  # true difference is 20
+    assert (later["paired_ci_low"] > 10).all() and (later["paired_ci_high"] < 30).all()
+    assert (later["paired_q"] < 0.05).all() and (later["paired_win_frac"] == 1).all()
     assert (later["a12"] == 1.0).all() and (later["hedges_g"] > 3).all()
     # GS's df is Welch's divided by n (heavier tails), so its values are less extreme
-    assert (later["gs_value"] > 0.95).all() and (abs(init["gs_value"]) < 0.5).all()
+    assert (later["paper_value"] > 0.95).all() and (abs(init["paper_value"]) < 0.5).all()
 
 
 def test_success_metric_uses_only_envs_that_record_it(tmp_path):
@@ -179,9 +198,10 @@ def test_skips_runs_without_evaluation_and_flags_missing_runs(tmp_path):
     assert len(runs) == 6 and any("seed_4" in w and "no evaluation.csv" in w for w in warnings)
     rep = stats.compare_cells(stats.seed_scores(df_all), "drs-ppo", "promp")
     later = rep[rep["budget_mark"] > 0]
-    assert (later["flags"] == "missing_runs_b").all() and (later["n_b"] == 2).all()
-    assert later["q"].isna().all() and later["prob"].notna().all()
-    assert (rep.loc[rep["budget_mark"] == 0, "flags"] == "").all()
+    assert (later["welch_flags"] == "missing_runs_b").all() and (later["n_b"] == 2).all()
+    assert later["welch_q"].isna().all() and later["welch_one_minus_p"].notna().all()
+    assert (later["paired_flags"] == "missing_runs_b").all() and (later["paired_n"] == 2).all()
+    assert (rep.loc[rep["budget_mark"] == 0, "welch_flags"] == "").all()
 
 
 def test_refuses_malformed_and_duplicate_runs(tmp_path, capsys):
@@ -199,3 +219,86 @@ def test_refuses_malformed_and_duplicate_runs(tmp_path, capsys):
     assert extra.exists()
     assert "two runs of" in _refuse(["compare", str(dup), "--out", str(tmp_path / "o")], capsys)
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- allowed differences, pairing, power
+
+
+def test_allow_difference_accepts_only_the_named_nested_key_and_captions_say_so(tmp_path, capsys):
+    root = make_results(tmp_path / "res", envs=(LOCO,), seeds=(1, 2, 3))
+    rng = np.random.default_rng(0)
+    for seed in (4, 5):  # later runs made with a new sampler unit
+        for algo in ("drs-ppo", "promp"):
+            write_run(root, LOCO, algo, seed, synthetic_rows(LOCO, algo, seed, rng, 0.0),
+                      sampler={"unit": "episode"})
+    out = tmp_path / "out"
+    err = _refuse(["compare", str(root), "--out", str(out)], capsys)
+    assert "differ in comparability.sampler: " in err and "--allow-difference sampler" in err
+    assert not out.exists()
+    status = cli.main(["compare", str(root), "--out", str(out), "--allow-difference", "sampler.unit"])
+    assert status == 0
+    rep = stats.read_report(out / "drs-ppo_vs_promp_return_report.csv")
+    assert (rep["allowed_differences"] == f'{LOCO}: sampler.unit differs ("episode" vs <missing>)').all()
+    assert "sampler.unit differs" in (out / "study_return_summary.md").read_text()
+    # the allowance covers only that key: another difference is still refused, by name
+    write_run(root, LOCO, "promp", 6, synthetic_rows(LOCO, "promp", 6, rng, 0.0),
+              sampler={"unit": "episode", "other": 1})
+    err = _refuse(["compare", str(root), "--out", str(out), "--allow-difference", "comparability.sampler.unit"],
+                  capsys)
+    assert 'differ in comparability.sampler: <missing> vs {"other": 1}' in err
+
+
+def test_check_comparable_is_generic_on_nested_dicts():
+    def run(comp):
+        return compare_cmd.Run(Path("x"), "e", "a", 1, comp)
+
+    base = {"test_time": {"lr": 0.1, "steps": 1}, "budget": 5}
+    other = {"test_time": {"lr": 0.2, "steps": 1}, "budget": 5}
+    with pytest.raises(UsageError, match=r"differ in comparability.test_time.lr: 0.1 vs 0.2"):
+        compare_cmd.check_comparable([run(base), run(other)])
+    assert compare_cmd.check_comparable([run(base), run(other)], ["test_time.lr"]) == [
+        "e: test_time.lr differs (0.1 vs 0.2)"]
+    assert compare_cmd.check_comparable([run(base), run(other)], ["test_time"]) == [
+        'e: test_time differs ({"lr": 0.1, "steps": 1} vs {"lr": 0.2, "steps": 1})']
+    assert compare_cmd.check_comparable([run(base), run(base)], ["test_time.lr"]) == []
+
+
+def test_paired_needs_pairing_records(tmp_path, capsys):
+    root = make_results(tmp_path / "res", envs=(LOCO,), seeds=(1, 2))
+    rng = np.random.default_rng(2)
+    for algo in ("drs-ppo", "promp"):  # seed 3: an old run pair without records
+        write_run(root, LOCO, algo, 3, synthetic_rows(LOCO, algo, 3, rng, 0.0), pairing=None)
+    out = tmp_path / "out"
+    err = _refuse(["compare", str(root), "--out", str(out), "--analysis", "paired"], capsys)
+    assert "not proven paired (seed 3: no pairing record" in err and not out.exists()
+    assert "unknown analysis 'bayes'" in _refuse(["compare", str(root), "--out", str(out), "--analysis", "bayes"],
+                                                 capsys)
+    # default: falls back to the Welch figure with a notice; the report's paired columns are flagged
+    assert cli.main(["compare", str(root), "--out", str(out)]) == 0
+    assert "figures show the welch analysis" in capsys.readouterr().err
+    assert (out / "drs-ppo_vs_promp_return_contour_welch.png").exists()
+    rep = stats.read_report(out / "drs-ppo_vs_promp_return_report.csv")
+    assert rep["paired_flags"].str.contains("unpaired").all() and rep["paired_p"].isna().all()
+    # different initial policies for one seed: not a pair either
+    write_run(root, LOCO, "promp", 3, synthetic_rows(LOCO, "promp", 3, rng, 0.0),
+              pairing={**pairing_record(LOCO, 3), "init_params_sha256": "other"})
+    write_run(root, LOCO, "drs-ppo", 3, synthetic_rows(LOCO, "drs-ppo", 3, rng, 0.0))
+    assert "different initial policies" in _refuse(
+        ["compare", str(root), "--out", str(out), "--analysis", "paired"], capsys)
+
+
+def test_power_prints_seeds_needed_per_env_and_pair(tmp_path, capsys):
+    root = make_results(tmp_path / "res", envs=(LOCO,), seeds=(1, 2, 3))
+    table = compare_cmd.power_report(root, ["drs-ppo:promp"])
+    assert set(table["test_update"]) == {1, 5} and (table["n_pilot"] == 3).all()
+    from rlbench import power
+
+    for _, r in table.iterrows():  # the answer is the smallest n reaching 80% power
+        n = int(r["seeds_paired"])
+        assert power.power_paired(n, r["effect"], r["sd_diff"]) >= 0.8
+        assert n == 2 or power.power_paired(n - 1, r["effect"], r["sd_diff"]) < 0.8
+    assert cli.main(["compare", str(root), "--power", "--effect", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "a difference of 5" in text and LOCO in text and "seeds_paired" in text
+    assert "--effect must be a positive" in _refuse(["compare", str(root), "--power", "--effect", "-1"], capsys)
+    assert "--out is required" in _refuse(["compare", str(root)], capsys)

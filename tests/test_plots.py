@@ -68,23 +68,75 @@ def test_contour_with_one_checkpoint_and_nan_cells():
         plots.contour(_ax(), [0.0, 1.0], np.arange(6), np.zeros((6, 2)), title="t")
 
 
-def test_contour_figure_draws_report_values_and_saves_png_pdf(tmp_path):
-    rep = stats.compare_cells(_scores(), "drs-ppo", "promp")
-    rep.loc[rep.index[3], "flags"] = "n_a<2"  # pretend degenerate: must be hatched
-    for paper in (False, True):
-        fig = plots.contour_figure(rep, paper_compat=paper)
+def test_contour_hatches_not_significant_cells_apart_from_flagged_ones():
+    x, y = np.array([0, 1e6, 2e6]), np.arange(2)
+    prob = np.full((3, 2), 0.9)
+    flags = np.full((3, 2), "", dtype=object)
+    flags[0, 0] = "zero_var"
+    ns = np.zeros((3, 2), bool)
+    ns[0, 0] = ns[1, 1] = True  # (0, 0) is flagged: hatched once, as flagged
+    ax = plots.contour(_ax(), x, y, prob, title="t", flags=flags, not_significant=ns)
+    hatches = sorted(p.get_hatch() for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch())
+    assert hatches == ["///", "xxx"]
+    assert ax.rlbench_hatched["not_significant"].tolist() == [[False, False], [False, True], [False, False]]
+
+
+def test_contour_figure_draws_report_values_per_analysis_and_saves_png_pdf(tmp_path):
+    rep = stats.compare_cells(_scores(), "drs-ppo", "promp", n_boot=99)
+    rep.loc[rep.index[3], "welch_flags"] = "n_a<2"  # pretend degenerate: must be cross-hatched
+    for analysis in stats.ANALYSES:
+        fig = plots.contour_figure(rep, analysis=analysis)
         assert isinstance(fig, Figure)
         panels = [ax for ax in fig.axes if hasattr(ax, "rlbench_values")]
         assert [ax.get_title().split("\n")[0] for ax in panels] == ["A-v0", "B-v0"]
         for ax, env in zip(panels, ["rlbench/A-v0", "rlbench/B-v0"]):
-            col = "gs_value" if paper else "prob"
+            col = "paper_value" if analysis == "paper" else f"{analysis}_one_minus_p"
             _, _, want = stats.grid(rep, env, col)
             np.testing.assert_allclose(ax.rlbench_values, want.T, atol=1e-12)
-        assert sum(bool(p.get_hatch()) for ax in panels for p in ax.patches) == (0 if paper else 1)
-        paths = plots.save_figure(fig, tmp_path / f"contour_{paper}")
+            _, _, q = stats.grid(rep, env, f"{analysis}_q")
+            _, _, fl = stats.grid(rep, env, f"{analysis}_flags")
+            np.testing.assert_array_equal(ax.rlbench_hatched["not_significant"], ~(q < 0.05) & (fl == ""))
+            np.testing.assert_array_equal(ax.rlbench_hatched["flagged"], fl != "")
+        n_flag = sum(p.get_hatch() == "xxx" for ax in panels for p in ax.patches)
+        assert n_flag == int((rep[f"{analysis}_flags"] != "").sum())
+        title = fig.get_suptitle().replace("\n", " ")
+        assert {"paired": "paired t-test", "welch": "Welch t-test", "paper": "paper-compatible"}[analysis] in title
+        assert "p-value transform, not a posterior probability" in title
+        paths = plots.save_figure(fig, tmp_path / f"contour_{analysis}")
         assert [p.suffix for p in paths] == [".png", ".pdf"]
         assert all(p.stat().st_size > 1000 for p in paths)
         assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes()[:5] == b"%PDF-"
+    assert plots.contour_figure(rep, paper_compat=True).get_suptitle() == plots.contour_figure(
+        rep, analysis="paper").get_suptitle()
+    with pytest.raises(Exception, match="unknown analysis"):
+        plots.contour_figure(rep, analysis="bayes")
+
+
+def test_study_figure_has_a_panel_per_env_and_pair_on_one_scale_and_summary_matches_report():
+    sc = _scores()
+    sc2 = sc.replace({"drs-ppo": "drs-trpo", "promp": "trpo-maml"})
+    reps = [stats.compare_cells(sc, "drs-ppo", "promp", n_boot=99),
+            stats.compare_cells(sc2[sc2["env_id"] == "rlbench/A-v0"], "drs-trpo", "trpo-maml", n_boot=99)]
+    fig = plots.study_figure(reps, analysis="paired")
+    panels = [ax for ax in fig.axes if hasattr(ax, "rlbench_values") and ax.get_visible()]
+    assert len(panels) == 3  # 2 envs x pair 1, 1 env x pair 2
+    assert {(ax.rlbench_mappable.norm.vmin, ax.rlbench_mappable.norm.vmax) for ax in panels} == {(0.0, 1.0)}
+    summ = plots.summary_table(reps, "paired")
+    # 3 (env, pair) x 3 checkpoints x test updates {1, 5}
+    assert len(summ) == 3 * 3 * 2 and set(summ["test_update"]) == {1, 5}
+    for _, s in summ.iterrows():
+        r = reps[0 if s["algo_a"] == "drs-ppo" else 1]
+        c = r[(r["env_id"] == s["env_id"]) & (r["budget_mark"] == s["budget_mark"]) & (r["test_update"] == s["test_update"])]
+        c = c.iloc[0]
+        assert s["diff"] == c["paired_diff"] and s["ci_low"] == c["paired_ci_low"]
+        if c["paired_flags"]:
+            assert s["verdict"].startswith("flagged")
+        elif c["paired_q"] < 0.05:
+            assert s["verdict"] == f"{plots.algo_label(c['algo_a'])} better"
+        else:
+            assert s["verdict"] in ("no difference shown", f"{plots.algo_label(c['algo_b'])} better")
+    md = plots.summary_markdown(summ, "paired", "env: sampler.unit differs")
+    assert md.count("\n| A-v0 |") == 6 and "sampler.unit" in md
 
 
 def test_learning_and_adaptation_curves_plot_seed_means_with_n_in_legend(tmp_path):
@@ -116,3 +168,19 @@ def test_success_curves_stay_in_unit_interval():
     for coll in ax.collections:  # CI bands clipped to [0, 1]
         verts = np.concatenate([p.vertices for p in coll.get_paths()])
         assert verts[:, 1].min() >= 0 and verts[:, 1].max() <= 1
+
+
+def test_aggregate_figure_draws_the_table():
+    from rlbench import aggregate
+
+    sc = aggregate.with_checkpoint_index(_scores())
+    norm = aggregate.normalisation(sc, ("drs-ppo", "promp"), "return")
+    arrays, index = aggregate.score_matrices(aggregate.normalised_scores(sc, norm), ("drs-ppo", "promp"))
+    agg = aggregate.aggregate_table(arrays, index, "drs-ppo", "promp", "return", reps=200)
+    fig = plots.aggregate_figure(agg)
+    rows = agg[agg["test_update"] == 1].sort_values("checkpoint")
+    ax_iqm, ax_poi = [ax for ax in fig.axes if ax.get_visible()][:2]
+    np.testing.assert_allclose(ax_iqm.get_lines()[0].get_ydata(), rows["iqm_a"])
+    np.testing.assert_allclose(ax_iqm.get_lines()[1].get_ydata(), rows["iqm_b"])
+    np.testing.assert_allclose(ax_poi.get_lines()[0].get_ydata(), rows["poi"])
+    assert "0 = shared initial policy" in fig.get_suptitle().replace("\n", " ")

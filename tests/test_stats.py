@@ -78,12 +78,17 @@ def test_compare_cells_flags_missing_runs_and_excludes_flagged_from_bh():
     rep = stats.compare_cells(_scores(rows), "A", "B")
     assert list(rep.columns) == stats.REPORT_COLUMNS
     first, last = rep.iloc[0], rep.iloc[1]
-    assert first["flags"] == "" and np.isfinite(first["q"]) and first["n_a"] == 3 == first["n_b"]
-    assert set(last["flags"].split(";")) == {"n_b<2", "missing_runs_b"}
-    assert np.isnan(last["prob"]) and np.isnan(last["q"]) and last["n_b"] == 1
-    # an algorithm with no runs at all in an env: every cell flagged
+    assert first["welch_flags"] == "" and np.isfinite(first["welch_q"]) and first["n_a"] == 3 == first["n_b"]
+    assert set(last["welch_flags"].split(";")) == {"n_b<2", "missing_runs_b"}
+    assert np.isnan(last["welch_one_minus_p"]) and np.isnan(last["welch_q"]) and last["n_b"] == 1
+    assert set(last["paired_flags"].split(";")) == {"n_pairs<2", "missing_runs_b"} and last["paired_n"] == 1
+    assert np.isnan(last["paired_one_minus_p"]) and np.isnan(last["paired_q"]) and np.isnan(last["paired_ci_low"])
+    assert "missing_runs_b" in last["paper_flags"] and np.isnan(last["paper_q"])
+    # an algorithm with no runs at all in an env: every cell flagged, in every analysis
     only_a = stats.compare_cells(_scores([r for r in rows if r[1] == "A"]), "A", "B")
-    assert all("missing_runs_b" in f and "n_b<2" in f for f in only_a["flags"])
+    for a in stats.ANALYSES:
+        assert all("missing_runs_b" in f for f in only_a[f"{a}_flags"])
+        assert only_a[f"{a}_one_minus_p"].isna().all()
 
 
 # --------------------------------------------------------------------------- paper-compatible mode
@@ -176,7 +181,7 @@ def test_bh_qvalues_by_hand_and_against_scipy():
     assert np.isnan(stats.bh_qvalues(np.array([np.nan]))).all()
 
 
-# --------------------------------------------------------------------------- seed scores and rliable export
+# --------------------------------------------------------------------------- seed scores
 
 
 def _long_table():
@@ -203,14 +208,86 @@ def test_seed_scores_mean_over_tasks_and_within_se_ddof0():
     assert np.isnan(stats.seed_scores(df, "success")["score"]).all()
 
 
-def test_rliable_arrays_are_seeds_by_tasks(tmp_path):
-    df = _long_table()
-    arrays, index = stats.rliable_arrays(df, "return")
-    assert len(arrays) == 2 and list(index["algo"]) == ["A", "B"]
-    key = index.loc[index["algo"] == "B", "key"].item()
-    np.testing.assert_array_equal(arrays[key], [[110, 111, 112], [120, 121, 122]])
-    stats.save_rliable(arrays, index, tmp_path / "x.npz", tmp_path / "x.csv")
-    with np.load(tmp_path / "x.npz") as z:
-        np.testing.assert_array_equal(z[key], arrays[key])
-    idx = pd.read_csv(tmp_path / "x.csv")
-    assert idx.loc[idx["key"] == key, "seeds"].item() == "[1, 2]"
+# --------------------------------------------------------------------------- paired analysis
+
+
+@pytest.mark.parametrize("shape", [(3,), (5,), (10,), (4, 6, 5)])
+def test_paired_equals_scipy_ttest_rel(shape):
+    rng = np.random.default_rng(sum(shape))
+    block = rng.normal(0, 50, shape)  # shared seed effect: cancels in the paired test
+    a, b = block + rng.normal(0.5, 1, shape), block + rng.normal(0, 1, shape)
+    got = stats.paired(a, b)
+    ref = sps.ttest_rel(a, b, axis=-1, alternative="greater")
+    np.testing.assert_allclose(got["p"], ref.pvalue, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(got["one_minus_p"], 1 - ref.pvalue, atol=1e-12)
+    np.testing.assert_allclose(got["t"], ref.statistic, rtol=1e-12)
+    ci = sps.ttest_rel(a, b, axis=-1).confidence_interval(0.95)
+    np.testing.assert_allclose(got["ci_low"], ci.low, rtol=1e-12)
+    np.testing.assert_allclose(got["ci_high"], ci.high, rtol=1e-12)
+    assert (got["flags"] == "").all()
+
+
+def test_paired_by_hand():
+    a, b = np.array([10.0, 20.0, 33.0]), np.array([8.0, 19.0, 30.0])  # d = 2, 1, 3
+    sd = 1.0  # var of (2, 1, 3) with ddof 1
+    t = 2.0 / (sd / math.sqrt(3))
+    got = stats.paired(a, b)
+    assert got["diff"] == pytest.approx(2.0) and got["sd"] == pytest.approx(sd) and got["df"] == 2
+    assert got["t"] == pytest.approx(t, rel=1e-12)
+    assert got["p"] == pytest.approx(sps.t.sf(t, 2), rel=1e-12)
+    half = sps.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert got["win_frac"] == pytest.approx(1.0)
+    assert stats.paired(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 2.0, 4.0, 3.0]))["win_frac"] == 0.625
+
+
+def test_paired_degenerate_cells_are_flagged():
+    one = stats.paired(np.array([1.0]), np.array([0.0]))
+    assert str(one["flags"].item()) == "n_pairs<2" and np.isnan(one["p"]) and np.isnan(one["ci_low"])
+    same = stats.paired(np.array([1.0, 5.0, 2.0]), np.array([1.0, 5.0, 2.0]))  # shared initial policy
+    assert str(same["flags"].item()) == "zero_var" and np.isnan(same["one_minus_p"])
+    nan = stats.paired(np.array([1.0, np.nan, 2.0]), np.array([0.0, 1.0, 1.0]))
+    assert str(nan["flags"].item()) == "nan_score" and np.isnan(nan["p"]) and np.isnan(nan["win_frac"])
+
+
+def test_bootstrap_ci_equals_scipy_percentile_bootstrap():
+    d = np.array([1.0, 4.0, 2.5, 3.0, 7.0])
+    lo, hi = stats.bootstrap_ci(d, n_resamples=2000, rng=5)
+    ref = sps.bootstrap((d,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(5))
+    assert (float(lo), float(hi)) == (ref.confidence_interval.low, ref.confidence_interval.high)
+    assert d.min() <= lo < d.mean() < hi <= d.max()
+    lo1, hi1 = stats.bootstrap_ci(np.array([1.0]))
+    assert np.isnan(lo1) and np.isnan(hi1)
+
+
+def test_compare_cells_paired_uses_seed_blocks_and_unpaired_envs_are_flagged():
+    rows = []
+    rng = np.random.default_rng(11)
+    for seed in (1, 2, 3):
+        block = rng.normal(0, 100)  # huge seed effect shared by both algorithms
+        for algo, off in (("A", 1.0), ("B", 0.0)):
+            for env in ("e1", "e2"):
+                rows.append((env, algo, seed, 10, 1, block + off + rng.normal(0, 0.01), 0.1, 4, 10))
+    sc = _scores(rows)
+    rep = stats.compare_cells(sc, "A", "B", unpaired={"e2": "no pairing record"}, allowed_differences="x: 1 vs 2")
+    e1, e2 = rep[rep["env_id"] == "e1"].iloc[0], rep[rep["env_id"] == "e2"].iloc[0]
+    a = sc[(sc["env_id"] == "e1") & (sc["algo"] == "A")].sort_values("seed")["score"].to_numpy()
+    b = sc[(sc["env_id"] == "e1") & (sc["algo"] == "B")].sort_values("seed")["score"].to_numpy()
+    assert e1["paired_p"] == pytest.approx(sps.ttest_rel(a, b, alternative="greater").pvalue, rel=1e-10)
+    assert e1["paired_p"] < 1e-3 and e1["welch_p"] > 0.2  # the block is what makes the difference visible
+    assert e1["paired_win_frac"] == 1.0 and e1["paired_n"] == 3
+    assert e1["prob"] == e1["welch_one_minus_p"]  # deprecated alias
+    assert e2["paired_flags"] == "unpaired" and np.isnan(e2["paired_p"]) and np.isnan(e2["paired_boot_low"])
+    assert e2["welch_flags"] == "" and np.isfinite(e2["welch_p"])
+    assert (rep["allowed_differences"] == "x: 1 vs 2").all()
+    assert e1["paper_p"] == pytest.approx(1 - e1["paper_one_minus_p"])
+    assert e1["paper_value"] == pytest.approx(2 * e1["paper_one_minus_p"] - 1)
+
+
+def test_check_analysis_and_significant():
+    from rlbench.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown analysis 'bayes'"):
+        stats.check_analysis("bayes")
+    rep = pd.DataFrame({"paired_q": [0.01, 0.2, np.nan, 0.01], "paired_flags": ["", "", "n_pairs<2", "zero_var"]})
+    assert stats.significant(rep, "paired").tolist() == [True, False, False, False]
