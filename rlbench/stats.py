@@ -265,7 +265,7 @@ def gs_spread(means: np.ndarray, within_se: np.ndarray) -> np.ndarray:
 def paper_compat(
     means_a: np.ndarray, se_a: np.ndarray, means_b: np.ndarray, se_b: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """GS's statistic (PROTOCOL.md section 7): ``value = 2 F_nu(d / se) - 1`` in [-1, 1].
+    """GS's statistic (docs/protocol.md section 7): ``value = 2 F_nu(d / se) - 1`` in [-1, 1].
 
     means_*: [..., n] seed means, se_*: [..., n] within-seed standard errors (same shape).
     ``s_i = gs_spread(...)``, ``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, ``d = mean_a - mean_b`` and

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # numpy/pandas/matplotlib are imported inside the functions that use them: the CLI imports
 # every command module to build its parser, and `rlbench envs` should not pay for matplotlib.
 
-#: The two comparisons of the paper (PROTOCOL.md section 1): DRS method first, MAML method second.
+#: The two comparisons of the paper (docs/protocol.md section 1): DRS method first, MAML method second.
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("drs-ppo", "promp"), ("drs-trpo", "trpo-maml"))
 #: Columns the runner writes to ``evaluation.csv`` (the input format of this command).
 EVAL_COLUMNS = ("env_id", "algo", "seed", "checkpoint", "budget_mark", "env_steps", "test_update", "task",
