@@ -320,3 +320,27 @@ def test_walker_foot_friction_default_is_the_authors_and_v5_is_a_switch():
                 np.testing.assert_array_equal(x, y)
         g.close()
         bt.close()
+
+
+def test_test_time_rule_is_compared_within_each_pair_only():
+    from pathlib import Path
+
+    from rlbench.commands.compare_cmd import Run, check_comparable
+    from rlbench.errors import UsageError
+
+    def run(algo, loss, lr, unit="steps"):
+        comp = {"sampler": {"unit": unit}, "test_time": {"optimizer": "sgd", "loss": loss, "lr": lr, "updates": 5}}
+        return Run(Path(algo), POINT, algo, 1, comp)
+
+    grid = [run("drs-ppo", "promp", 0.1), run("promp", "promp", 0.1), run("drs-trpo", "trpo-maml", 0.1),
+            run("trpo-maml", "trpo-maml", 0.1)]
+    pairs = [("drs-ppo", "promp"), ("drs-trpo", "trpo-maml")]
+    assert check_comparable(grid, (), pairs) == []  # two rules, one per pair: fine
+    bad = grid[:1] + [run("promp", "promp", 0.05)] + grid[2:]
+    with pytest.raises(UsageError, match=r"pair drs-ppo:promp differ in comparability\.test_time\.lr"):
+        check_comparable(bad, (), pairs)
+    assert check_comparable(bad, (), pairs[1:]) == []  # that pair is not compared
+    notes = check_comparable(bad, ("test_time.lr",), pairs)
+    assert notes == ['rlbench/PointGoal-v0: test_time.lr differs (0.05 vs 0.1)']
+    with pytest.raises(UsageError, match=r"comparability\.sampler\.unit"):  # env-wide keys stay env-wide
+        check_comparable(grid[:3] + [run("trpo-maml", "trpo-maml", 0.1, "episodes")], (), pairs)

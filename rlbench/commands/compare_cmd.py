@@ -132,17 +132,37 @@ def _get(d: object, dotted: str) -> object:
     return d
 
 
-def check_comparable(runs: Iterable[Run], allow: Iterable[str] = ()) -> list[str]:
-    """Check that the runs of each environment have identical ``comparability`` dicts.
+#: Comparability keys that must agree within each compared pair only: DRS+PPO/ProMP and
+#: DRS+TRPO/TRPO-MAML are adapted by different rules at meta-test time (docs/protocol.md 6.3).
+PER_PAIR_KEYS = ("test_time",)
+
+
+def check_comparable(runs: Iterable[Run], allow: Iterable[str] = (),
+                     pairs: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """Check that the runs of each environment have identical ``comparability`` dicts, except
+    :data:`PER_PAIR_KEYS`, which must agree between the runs of each pair in ``pairs``.
 
     ``allow``: dotted keys (``sampler.unit``, with or without the ``comparability.`` prefix)
     whose values may differ; a key allows its whole subtree. Raises UsageError naming the env
     and the first other differing key. Returns one line per allowed key that does differ,
     e.g. ``"rlbench/X-v0: sampler.unit differs (\"step\" vs \"episode\")"``, for captions.
     """
+    runs = list(runs)
     allow = [_strip_prefix(k) for k in allow]
+    every_env: dict[tuple[str, str], set[str]] = {}
+    _check_group(runs, [*allow, *PER_PAIR_KEYS], every_env, "")
+    seen = {k: v for k, v in every_env.items() if k[1] in allow}
+    for pair in pairs:
+        per_pair = [Run(r.path, r.env_id, r.algo, r.seed, {k: r.comparability.get(k) for k in PER_PAIR_KEYS})
+                    for r in runs if r.algo in pair]
+        _check_group(per_pair, allow, seen, f" of the pair {pair[0]}:{pair[1]}")
+    return [f"{env}: {key} differs ({' vs '.join(sorted(vals))})" for (env, key), vals in sorted(seen.items())]
+
+
+def _check_group(runs: list[Run], allow: list[str], seen: dict[tuple[str, str], set[str]], what: str) -> None:
+    """Raise UsageError at the first difference between runs of one env outside ``allow``;
+    record differences inside ``allow`` in ``seen``."""
     first: dict[str, Run] = {}
-    seen: dict[tuple[str, str], set[str]] = {}
     for run in runs:
         ref = first.setdefault(run.env_id, run)
         ca, cb = ref.comparability, run.comparability
@@ -154,10 +174,9 @@ def check_comparable(runs: Iterable[Run], allow: Iterable[str] = ()) -> list[str
         d = _first_difference(ca, cb, "comparability")
         if d:
             key, va, vb = d
-            raise UsageError(f"runs of {run.env_id} differ in {key}: {_show(va)} vs {_show(vb)} "
+            raise UsageError(f"runs of {run.env_id}{what} differ in {key}: {_show(va)} vs {_show(vb)} "
                              f"({ref.path} vs {run.path}); if intended, pass --allow-difference "
                              f"{_strip_prefix(key)}")
-    return [f"{env}: {key} differs ({' vs '.join(sorted(vals))})" for (env, key), vals in sorted(seen.items())]
 
 
 def pairing_status(runs: Iterable[Run], pair: tuple[str, str]) -> dict[str, str]:
@@ -326,7 +345,7 @@ def compare(results_dir: Path | str, pairs: Iterable[str | Sequence[str]], out_d
         raise UsageError("no pair to compare (use --pair FIRST:SECOND)")
     allow = list(allow_differences)
     df, runs = load_results(results_dir, warn=warn, allow=allow)
-    allowed = check_comparable(runs, allow)
+    allowed = check_comparable(runs, allow, pairs_t)
     present = sorted({r.algo for r in runs})
     for a, b in pairs_t:
         for algo in (a, b):
