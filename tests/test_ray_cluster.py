@@ -180,24 +180,32 @@ class Cluster:
             node.kill()
 
 
-@pytest.fixture
-def ray_root():
+def _short_tmp():
     pytest.importorskip("ray")
     if shutil.which("ray") is None:
         pytest.skip("the `ray` command is not on PATH")
     # Short path: Ray's unix sockets live under the temp dir (108-byte limit).
-    root = Path(tempfile.mkdtemp(prefix="rlray"))
+    return Path(tempfile.mkdtemp(prefix="rlray"))
+
+
+@pytest.fixture
+def ray_root():
+    root = _short_tmp()
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster(ray_root):
-    c = Cluster(ray_root)
+@pytest.fixture(scope="module")
+def cluster():
+    """A running head node (shared by this module's tests); worker nodes are the tests' business."""
+    root = _short_tmp()
+    c = Cluster(root)
     try:
+        c.start_head().wait_started()
         yield c
     finally:
         c.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _runs(out: Path) -> list[Path]:
@@ -213,8 +221,6 @@ def test_two_node_cluster_survives_a_killed_worker_node(cluster, tmp_path):
 
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump(GRID))
-    head = cluster.start_head()
-    head.wait_started()
     worker = cluster.start_worker("worker1")
     # The reference runs locally while the worker node starts.
     run_experiment(config.load(ExperimentConfig, grid), tmp_path / "local", quiet=True, compare=False)
@@ -314,7 +320,6 @@ def test_malformed_ray_address_fails_on_one_line(tmp_path, capsys, bad, needle):
 @pytest.mark.timeout(300)
 def test_head_refusing_the_client_fails_on_one_line(cluster, tmp_path):
     """A live head with token authentication: no token, a wrong token -> one line naming the fix."""
-    cluster.start_head().wait_started()
     out = tmp_path / "out"
     cases = [
         ({"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}, "set RAY_AUTH_MODE=token"),
