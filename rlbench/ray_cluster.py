@@ -7,8 +7,8 @@ connection (a few seconds at most) and (2) that a throw-away Ray client in a sub
 join the cluster within ``CONNECT_TIMEOUT_S``; the subprocess's log lines are kept out of
 the user's terminal and turned into one ``UsageError`` naming the problem and the fix.
 
-Token authentication (Ray >= 2.52; ``ray start --head`` turns it on by itself when a token
-already exists on the head machine): a client that names the head explicitly (``HOST:PORT``)
+Token authentication (Ray >= 2.52; since 2.59 ``ray start --head`` turns it on by itself
+when a token already exists on the head machine): a client that names the head explicitly (``HOST:PORT``)
 sends a token only with ``RAY_AUTH_MODE=token``, taking it from ``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``. We do not switch token mode on for the user:
 sending a secret to an address the user typed is the user's decision (Ray itself only does
@@ -81,7 +81,7 @@ def resolve_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _tcp_probe(address: str, host: str, port: int) -> None:
+def _tcp_probe(host: str, port: int) -> None:
     try:
         with socket.create_connection((host, port), timeout=TCP_TIMEOUT_S):
             pass
@@ -132,7 +132,7 @@ def connect(address: str) -> bool:
         return True
     host, port = resolve_address(address)
     target = f"{host}:{port}"
-    _tcp_probe(address, host, port)
+    _tcp_probe(host, port)
     info = _client_probe(target if address != "auto" else address, target, CONNECT_TIMEOUT_S)
     if not info.get("cpus"):
         print(f"rlbench: note: the Ray cluster at {target} has no CPUs yet; runs start when worker nodes join",
