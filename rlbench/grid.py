@@ -77,7 +77,16 @@ def run_experiment(
     """Train and evaluate the grid, then write the comparison. Returns a summary dict."""
     out = Path(out)
     configs = presets.experiment_run_configs(exp)
-    _write_experiment(exp, out)
+    # Before writing anything: an unusable Ray head is a one-line error within ~30 s.
+    ray_started = _ray_connect(ray_address) if ray_address else False
+    try:
+        _write_experiment(exp, out)
+    except BaseException:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+        raise
     if workers_per_run is None:  # sampler workers of each run
         workers_per_run = 1 if ray_address else (max(1, default_workers() // parallel) if parallel > 1 else 0)
     jobs = []
@@ -89,7 +98,7 @@ def run_experiment(
     if not quiet:
         print(f"{exp.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already complete, {len(todo)} to do", file=sys.stderr)
     if ray_address:
-        results = _run_ray(todo, ray_address, max_retries)
+        results = _run_ray(todo, max_retries, shutdown=ray_started)
     elif parallel > 1:
         ctx = mp.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
@@ -112,24 +121,34 @@ def compare_experiment(exp: ExperimentConfig, out: Path) -> dict[str, str]:
     return compare(out, pairs, out / COMPARISON_DIR)
 
 
-def _run_ray(todo: list[tuple[dict, str]], address: str, max_retries: int) -> list[dict[str, Any]]:
-    try:
-        import ray
-    except ImportError:
-        from rlbench.errors import UsageError
+def _ray_connect(address: str) -> bool:
+    from rlbench.ray_cluster import connect
 
-        raise UsageError("--ray-address needs Ray: pip install -e '.[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, ignore_reinit_error=True, log_to_driver=False)
-        started = True
+    return connect(address)
+
+
+def _ray_job(cfg_dict: dict[str, Any], run_dir: str, quiet: bool = True) -> dict[str, Any]:
+    """``run_job`` as a Ray task: also reports the attempt (0 = first, more after a retry)."""
+    from rlbench.ray_cluster import task_attempt
+
+    return {**run_job(cfg_dict, run_dir, quiet), "attempt": task_attempt()}
+
+
+def _run_ray(todo: list[tuple[dict, str]], max_retries: int, shutdown: bool) -> list[dict[str, Any]]:
+    import ray
+
     try:
         refs = []
         for cfg_dict, run_dir in todo:
             cpus = cfg_dict["sampler"]["n_workers"] or 1
-            task = ray.remote(num_cpus=cpus, max_retries=max_retries, retry_exceptions=True)(run_job)
+            task = ray.remote(num_cpus=cpus, max_retries=max_retries, retry_exceptions=True)(_ray_job)
             refs.append(task.remote(cfg_dict, run_dir, True))
-        return ray.get(refs)
+        results = ray.get(refs)
     finally:
-        if started and address == "local":
+        if shutdown:
             ray.shutdown()
+    retried = [r for r in results if r.get("attempt")]
+    if retried:
+        print(f"ray: {len(retried)} of {len(results)} runs were retried after a failure "
+              f"({', '.join(r['run_dir'] for r in retried)})", file=sys.stderr)
+    return results

@@ -248,8 +248,21 @@ def test_run_grid_skips_finished_work(tmp_path):
 
 
 @pytest.mark.ray
-def test_ray_grid_matches_local(tmp_path):
+def test_ray_grid_matches_local(tmp_path, monkeypatch, request):
     pytest.importorskip("ray")
+    import secrets
+    import shutil
+    import tempfile
+
+    # A local Ray instance turns token authentication on (setting RAY_AUTH_MODE itself) and would
+    # write ~/.ray/auth_token and /tmp/ray: give it a token in the environment and a temp dir of
+    # its own (short path: Ray's sockets live there), all undone after the test.
+    monkeypatch.setenv("RAY_AUTH_MODE", "")
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    ray_tmp = tempfile.mkdtemp(prefix="rlray")
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     from rlbench.grid import run_experiment
     from rlbench.settings import ExperimentConfig
 
