@@ -56,6 +56,7 @@ class Rate:
     source: str  # "calibration (cached ...)" or the projection file
     shape: str  # tasks x episodes x horizon it was measured at
     metrics_row_bytes: int | None = None
+    load: float | None = None  # 1-minute load average when measured (a busy machine measures slow)
 
 
 # -- machine and cache ---------------------------------------------------------------------
@@ -165,6 +166,7 @@ def calibrate(cfg: RunConfig, warmup: int = 1, iterations: int = 1) -> dict[str,
         "cores": cores, "iterations": iterations, "iteration_s": total / iterations, "steps_per_iteration": steps / iterations,
         "steps_per_s": steps / total, "sampling_steps_per_s": steps / sample_time if sample_time > 0 else steps / total,
         "metrics_row_bytes": row_bytes, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -174,7 +176,7 @@ def _rate_from_measurement(m: dict[str, Any], source: str, shape: str) -> Rate:
         steps_per_core_s=float(m["steps_per_s"]) / cores,
         sampling_steps_per_core_s=float(m.get("sampling_steps_per_s") or m["steps_per_s"]) / cores,
         iteration_s=float(m.get("iteration_s") or 0.0), steps_per_iteration=float(m.get("steps_per_iteration") or 0.0),
-        cores=cores, source=source, shape=shape, metrics_row_bytes=m.get("metrics_row_bytes"),
+        cores=cores, source=source, shape=shape, metrics_row_bytes=m.get("metrics_row_bytes"), load=m.get("load_avg_1min"),
     )
 
 
@@ -207,7 +209,7 @@ def calibrated_rates(configs: list[RunConfig], cache_dir: Path | None = None, re
                       f"cached in {path.parent})", file=sys.stderr)
             m = calibrate(cfg)
             store.write_json(path, {**m, "key": calibration_key(cfg)})
-            source = "calibration (measured now)"
+            source = "calibration measured now"
         rates[key] = _rate_from_measurement(m, source, m.get("shape", shape_text(cfg)))
     return rates
 
@@ -349,7 +351,8 @@ def plan_experiment(exp: ExperimentConfig, rates: dict[tuple[str, str], Rate] | 
             train_core_s = arith["training_steps_max"] / rate.steps_per_core_s
             eval_core_s = arith["eval_steps_max"] / rate.sampling_steps_per_core_s
             g["rate"] = {"steps_per_s_per_core": rate.steps_per_core_s, "sampling_steps_per_s_per_core": rate.sampling_steps_per_core_s,
-                         "iteration_s": rate.iteration_s, "measured_cores": rate.cores, "measured_shape": rate.shape, "source": rate.source}
+                         "iteration_s": rate.iteration_s, "measured_cores": rate.cores, "measured_shape": rate.shape, "source": rate.source,
+                         "load_avg_1min": rate.load}
             g["run_core_h"] = (train_core_s + eval_core_s) / 3600
             g["run_train_core_h"] = train_core_s / 3600
             g["run_eval_core_h_max"] = eval_core_s / 3600
@@ -431,6 +434,30 @@ def summary_line(plan: dict[str, Any]) -> str:
     return out
 
 
+def _source_lines(groups: list[dict[str, Any]], cores_here: int) -> list[str]:
+    """One line per measurement source and shape (cached calibrations grouped by minute)."""
+    by: dict[tuple, list[float]] = {}
+    for g in groups:
+        r = g["rate"]
+        if not r:
+            continue
+        n = r["measured_cores"]
+        key = (r["source"].replace("T", " ")[:35] if r["source"].startswith("calibration cached") else r["source"],
+               f"at {r['measured_shape']} on {n} core{'s' if n > 1 else ''}")
+        by.setdefault(key, [])
+        if r.get("load_avg_1min") is not None:
+            by[key].append(r["load_avg_1min"])
+    out = []
+    for (source, where), loads in sorted(by.items()):
+        text = f"rates: {source}, {where}"
+        if loads:
+            text += f", load average {max(loads):.1f}"
+            if max(loads) > cores_here:
+                text += " (machine busy while measuring: rates are pessimistic; --recalibrate when quieter)"
+        out.append(text)
+    return out
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as a text table (one line per environment x algorithm) plus the summary."""
     head = ["env", "algo", "runs", "unit", "shape", "budget/run", "iter steps", "iterations", "ckpts",
@@ -448,15 +475,11 @@ def format_plan(plan: dict[str, Any]) -> str:
     widths = [max(len(head[i]), *(len(row[i]) for row in lines)) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
     out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(row) for row in lines]
-    sources = sorted({f"{g['rate']['source']} (measured at {g['rate']['measured_shape']} on {g['rate']['measured_cores']} core{'s' if g['rate']['measured_cores'] > 1 else ''})"
-                      for g in plan["groups"] if g["rate"]})
     out.append("")
     m = plan["machine"]
     out.append(f"machine: {m['cpu']}, {m['cores']} cores")
-    for s in sources:
-        out.append(f"rates: {s}")
-    out.append("iterations = budget // worst-case iteration steps ('>=' when episodes can end early); evaluation steps "
-               "are an upper bound (every episode at full horizon); time = steps / measured steps per core-second, "
-               "runs spread over all cores (rlbench run --parallel, or a cluster).")
+    out.extend(_source_lines(plan["groups"], m["cores"]))
+    out.append("iterations = budget // worst-case iteration steps ('>=': episodes ending early make more); evaluation steps")
+    out.append("are an upper bound (full-horizon episodes); time = steps / measured steps per core-second, cores kept busy.")
     out.append(plan["summary"])
     return "\n".join(out)
