@@ -128,6 +128,7 @@ def calibrate(cfg: RunConfig, warmup: int = 1, iterations: int = 1) -> dict[str,
     from rlbench.sampler import Sampler
     from rlbench.trainer import Trainer
 
+    start = time.perf_counter()
     cfg = config.replace(cfg, budget=10**15)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.learner_threads)
@@ -167,6 +168,7 @@ def calibrate(cfg: RunConfig, warmup: int = 1, iterations: int = 1) -> dict[str,
         "steps_per_s": steps / total, "sampling_steps_per_s": steps / sample_time if sample_time > 0 else steps / total,
         "metrics_row_bytes": row_bytes, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "calibration_wall_s": time.perf_counter() - start,  # including environment and worker start-up
     }
 
 

@@ -192,6 +192,12 @@ def test_run_prints_the_summary_and_refuses_above_the_threshold(smoke_cache, tmp
     assert capsys.readouterr().err.startswith("plan smoke: 8 runs")
     assert DEFAULT_MAX_HOURS >= 24
     preflight(presets.load_experiment("smoke"), yes=True, max_hours=1e-9)  # --yes: no refusal
+    capsys.readouterr()
+    # --yes with nothing cached: no calibration, the summary says time is not projected
+    monkeypatch.setenv("RLBENCH_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(plan, "calibrate", lambda cfg, **kw: pytest.fail("calibrated under --yes"))
+    preflight(presets.load_experiment("smoke"), yes=True, max_hours=1e-9)
+    assert "time not projected" in capsys.readouterr().err
 
 
 def test_plan_bad_input(capsys, tmp_path):
