@@ -9,7 +9,9 @@ States of a run:
 - ``not started``: in the experiment's grid, but no run directory yet;
 - ``created``: the directory exists, no iteration finished yet (and written to recently);
 - ``running``: training (run.json status "running"), written to within ``stale_after`` s;
-- ``evaluating``: training finished, some checkpoints not evaluated yet, written recently;
+- ``trained``: training finished, no checkpoint evaluated yet (``rlbench run`` evaluates right
+  after training; a run trained alone waits for ``rlbench evaluate``), never called stale;
+- ``evaluating``: training finished, some but not all checkpoints evaluated, written recently;
 - ``finished``: training finished and every checkpoint evaluated;
 - ``failed``: run.json status "failed", with its one-line ``error``;
 - ``stale``: created/running/evaluating but no file written for ``stale_after`` seconds
@@ -36,7 +38,7 @@ from rlbench.settings import ExperimentConfig, RunConfig
 RATE_WINDOW = 20  # iterations the recent rate is taken over
 TAIL_BYTES = 256 * 1024  # metrics.jsonl is read from its end only (long runs have MBs)
 DEFAULT_STALE_AFTER = 1800.0  # seconds without a write before a running run counts as stale
-STATES = ("not started", "created", "running", "evaluating", "finished", "failed", "stale", "unreadable")
+STATES = ("not started", "created", "running", "trained", "evaluating", "finished", "failed", "stale", "unreadable")
 
 
 def _read_json(path: Path, retries: int = 3) -> dict[str, Any]:
@@ -142,8 +144,9 @@ def run_status(run_dir: Path, cfg: RunConfig | None = None, now: float | None = 
     if complete:
         out.update(state="finished", eta_s=0.0)
         return out
-    state = {"created": "created", "running": "running", "finished": "evaluating"}.get(status, f"unknown ({status})")
-    if now - last > stale_after:
+    state = {"created": "created", "running": "running", "finished": "evaluating" if evaluated else "trained"}.get(
+        status, f"unknown ({status})")
+    if state != "trained" and now - last > stale_after:
         out.update(state="stale", stale_for_s=now - last, was=state, eta_s=None)
         return out
     out["state"] = state
@@ -201,7 +204,7 @@ def experiment_status(path: Path, now: float | None = None, stale_after: float =
     order = list(STATES) + sorted(set(seen) - set(STATES))
     counts = {s: seen.count(s) for s in order if s in seen}
     budget = sum(r["budget"] or 0 for r in runs)
-    etas = [r["eta_s"] for r in runs if r["state"] in ("created", "running", "evaluating")]
+    etas = [r["eta_s"] for r in runs if r["state"] in ("created", "running", "evaluating", "trained")]
     summary = {
         "experiment": name, "runs": len(runs), "states": counts,
         "budget_used": sum(r["budget_used"] for r in runs), "budget": budget,

@@ -214,9 +214,9 @@ def test_plan_bad_input(capsys, tmp_path):
 
 
 def _experiment(tmp_path: Path):
-    """Toy grid: drs-ppo, promp, drs-trpo x seeds 1, 2; drs-trpo gets a long budget (to be killed)."""
+    """Toy grid: 4 algorithms x seeds 1, 2; drs-trpo gets a long budget (to be killed)."""
     data = {
-        "name": "states", "envs": [TOY], "algos": ["drs-ppo", "promp", "drs-trpo"], "seeds": [1, 2], "budget": 8000,
+        "name": "states", "envs": [TOY], "algos": ["drs-ppo", "promp", "drs-trpo", "trpo-maml"], "seeds": [1, 2], "budget": 8000,
         "n_checkpoints": 3, "pairs": [],
         "overrides": {"all": {"sampler": {"meta_batch_size": 10, "episodes_per_task": 4, "n_workers": 1},
                               "eval": {"n_tasks": 4, "n_updates": 2, "episodes_per_task": 4}},
@@ -263,14 +263,19 @@ def test_status_of_every_state(tmp_path, capsys):
     _kill_mid_run(exp_path, d[("drs-trpo", 1)])
     with open(d[("drs-trpo", 1)] / store.METRICS_FILE, "a") as f:
         f.write('{"iteration": 999, "env_ste')  # as if killed in the middle of appending a row
-    # promp seed 2: never started
+    train(cfgs[("trpo-maml", 1)], d[("trpo-maml", 1)], quiet=True)
+    evaluate_run(d[("trpo-maml", 1)], quiet=True)
+    # as if killed while evaluating the last checkpoint
+    store.eval_part_path(d[("trpo-maml", 1)], 2).unlink()
+    (d[("trpo-maml", 1)] / store.EVAL_FILE).unlink()
+    # promp seed 2 and trpo-maml seed 2: never started
 
     now = time.time()
     res = status.experiment_status(out, now=now, stale_after=3600)
     st = {(r["algo"], r["seed"]): r for r in res["runs"]}
     assert st[("drs-ppo", 1)]["state"] == "finished" and st[("drs-ppo", 1)]["evaluated"] == 3
     assert st[("drs-ppo", 1)]["budget_used"] == 8000 and st[("drs-ppo", 1)]["checkpoints"] == 3
-    assert st[("drs-ppo", 2)]["state"] == "evaluating" and st[("drs-ppo", 2)]["evaluated"] == 0
+    assert st[("drs-ppo", 2)]["state"] == "trained" and st[("drs-ppo", 2)]["evaluated"] == 0
     assert st[("promp", 1)]["state"] == "failed" and st[("promp", 1)]["error"].startswith("non-finite values at iteration 5")
     assert st[("promp", 1)]["budget_used"] == 5 * 1600 and st[("promp", 1)]["eta_s"] is None
     assert st[("promp", 2)]["state"] == "not started" and st[("promp", 2)]["budget_used"] == 0
@@ -280,19 +285,26 @@ def test_status_of_every_state(tmp_path, capsys):
     assert meta["status"] == "running"  # really killed, not finished
     assert killed["state"] == "running" and killed["budget_used"] == meta["budget_used"] >= 3 * 800
     assert killed["steps_per_s"] > 0 and killed["eta_s"] > 0  # rate from its complete metrics rows
-    assert res["summary"]["states"] == {"not started": 1, "created": 1, "running": 1, "evaluating": 1, "finished": 1, "failed": 1}
-    # an hour later with nothing written, the killed run (and the others in progress) are stale
+    ev = st[("trpo-maml", 1)]
+    assert ev["state"] == "evaluating" and ev["evaluated"] == 2 and ev["checkpoints"] == 3
+    parts = [store.eval_part_path(d[("trpo-maml", 1)], i).stat().st_mtime for i in (0, 1)]
+    assert ev["eta_s"] == pytest.approx(parts[1] - parts[0])  # one checkpoint left, at the pace of the last one
+    assert res["summary"]["states"] == {"not started": 2, "created": 1, "running": 1, "trained": 1, "evaluating": 1,
+                                        "finished": 1, "failed": 1}
+    # two hours later with nothing written, the killed run (and the created one) are stale
     later = status.experiment_status(out, now=now + 7200, stale_after=3600)
     lt = {(r["algo"], r["seed"]): r for r in later["runs"]}
     assert lt[("drs-trpo", 1)]["state"] == "stale" and lt[("drs-trpo", 1)]["was"] == "running"
-    assert lt[("drs-trpo", 2)]["state"] == "stale" and lt[("drs-ppo", 2)]["state"] == "stale"
+    assert lt[("drs-trpo", 2)]["state"] == "stale" and lt[("drs-trpo", 2)]["was"] == "created"
+    assert lt[("drs-ppo", 2)]["state"] == "trained"  # waits for evaluation; not in progress by itself
+    assert lt[("trpo-maml", 1)]["state"] == "stale" and lt[("trpo-maml", 1)]["was"] == "evaluating"
     assert lt[("drs-ppo", 1)]["state"] == "finished" and lt[("promp", 1)]["state"] == "failed"
     assert lt[("promp", 2)]["state"] == "not started"
     # status wrote nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert main(["status", str(out), "--stale-after", "3600"]) == 0
     text = capsys.readouterr().out
-    assert "non-finite values at iteration 5" in text and "states: 6 runs" in text
+    assert "non-finite values at iteration 5" in text and "states: 8 runs" in text
     assert main(["status", str(d[("drs-trpo", 1)]), "--json"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert one["summary"]["runs"] == 1 and one["runs"][0]["algo"] == "drs-trpo"
