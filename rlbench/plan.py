@@ -210,7 +210,10 @@ def calibrated_rates(configs: list[RunConfig], cache_dir: Path | None = None, re
                 print(f"calibrating {cfg.env_id} {cfg.algo} at {shape_text(cfg)} (one warm-up + one timed iteration; "
                       f"cached in {path.parent})", file=sys.stderr)
             m = calibrate(cfg)
-            store.write_json(path, {**m, "key": calibration_key(cfg)})
+            try:
+                store.write_json(path, {**m, "key": calibration_key(cfg)})
+            except OSError as e:  # a read-only home on a cluster node: use the measurement anyway
+                print(f"rlbench: could not cache the calibration in {path.parent} ({e}); use --cache-dir", file=sys.stderr)
             source = "calibration measured now"
         rates[key] = _rate_from_measurement(m, source, m.get("shape", shape_text(cfg)))
     return rates
