@@ -46,7 +46,8 @@ def test_quick_plan_arithmetic_by_hand():
     assert g["drs-ppo"]["iteration_steps"] == 40_000 and g["drs-ppo"]["iterations"] == 20
     assert g["promp"]["iteration_steps"] == 80_000 and g["promp"]["iterations"] == 10  # 1 inner step: 2 rounds
     for x in g.values():
-        assert x["budget"] == 800_000 and x["runs"] == 3 and x["seeds"] == [1, 2, 3] and x["unit"] == "episodes"
+        assert x["budget"] == 800_000 and x["runs"] == 3 and x["seeds"] == [1, 2, 3]
+        assert x["unit"] == getattr(presets.run_config(x["env"], x["algo"], 1).sampler, "unit", "episodes")
         assert x["n_checkpoints"] == 5 and x["checkpoint_marks"] == [0, 200_000, 400_000, 600_000, 800_000]
         # 5 checkpoints x 10 test tasks x (5 updates + 1) x 5 episodes x 200 steps
         assert x["eval_steps_max"] == 5 * 10 * 6 * 5 * 200 == 300_000
@@ -89,17 +90,20 @@ def test_steps_unit_iterations_are_exact():
     exactly budget // iteration_steps iterations and that many times iteration_steps steps."""
     cfg = presets.run_config("rlbench/HalfCheetahRandVel-v0", "promp", 1, budget=1_000_000)
 
-    class WithUnit:  # the config as it reads once sampler.unit exists
-        sampler = SimpleNamespace(**asdict(cfg.sampler), unit="steps")
+    def with_unit(unit):  # the config with sampler.unit set (whether or not SamplerConfig has the field yet)
+        class Cfg:
+            sampler = SimpleNamespace(**{**asdict(cfg.sampler), "unit": unit})
 
-        def __getattr__(self, name):
-            return getattr(cfg, name)
+            def __getattr__(self, name):
+                return getattr(cfg, name)
 
-    a = plan.run_arithmetic(WithUnit())
+        return Cfg()
+
+    a = plan.run_arithmetic(with_unit("steps"))
     assert a["unit"] == "steps" and a["iterations_exact"]
     assert a["iteration_steps"] == 2 * 40 * 20 * 200 and a["iterations"] == 3  # 1,000,000 // 320,000
     assert a["training_steps_max"] == 960_000
-    b = plan.run_arithmetic(cfg)
+    b = plan.run_arithmetic(with_unit("episodes"))
     assert b["unit"] == "episodes" and not b["iterations_exact"] and b["training_steps_max"] == 1_000_000
 
 
