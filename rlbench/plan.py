@@ -311,7 +311,9 @@ def disk_bytes(cfg: RunConfig, iterations: int, dims: tuple[int, int], metrics_r
 
 
 def eval_steps_bound(cfg: RunConfig) -> int:
-    """Meta-test steps of one run, every episode at full horizon (an upper bound)."""
+    """Meta-test steps of one run: n_checkpoints x tasks x (updates + 1) rounds x E x horizon.
+    Exact for the steps unit (a round costs exactly E x horizon per task), an upper bound for
+    the episodes unit (episodes ending early cost less)."""
     e = cfg.eval
     return cfg.n_checkpoints * e.n_tasks * (e.n_updates + 1) * e.episodes_per_task * cfg.sampler.horizon
 
@@ -327,6 +329,7 @@ def run_arithmetic(cfg: RunConfig) -> dict[str, Any]:
         # early make iterations cheaper, so there can be more of them than this.
         "iterations_exact": unit == "steps", "training_steps_max": iterations * it_steps if unit == "steps" else cfg.budget,
         "n_checkpoints": cfg.n_checkpoints, "checkpoint_marks": cfg.checkpoint_marks, "eval_steps_max": eval_steps_bound(cfg),
+        "eval_steps_exact": unit == "steps",
     }
 
 
@@ -429,8 +432,9 @@ def human_hours(h: float | None) -> str:
 
 def summary_line(plan: dict[str, Any]) -> str:
     t = plan["totals"]
+    bound = "" if all(g["eval_steps_exact"] for g in plan["groups"]) else "<= "
     head = (f"plan {plan['experiment']}: {t['runs']} runs, {human_steps(t['training_steps_max'])} training + "
-            f"<= {human_steps(t['eval_steps_max'])} evaluation steps, {human_bytes(t['disk_bytes'])} on disk")
+            f"{bound}{human_steps(t['eval_steps_max'])} evaluation steps, {human_bytes(t['disk_bytes'])} on disk")
     if t["core_h"] is None:
         return head + f"; time not projected (no rate for {', '.join(t['missing_rates'])})"
     out = head + f", {human_number(t['core_h'])} core-hours = {human_hours(t['wall_h_here'])} here ({t['cores_here']} cores)"
@@ -473,7 +477,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append([
             g["env"].removeprefix("rlbench/"), g["algo"], str(g["runs"]), g["unit"], g["shape"], human_steps(g["budget"]),
             human_steps(g["iteration_steps"]), f"{'' if g['iterations_exact'] else '>='}{g['iterations']:,}",
-            str(g["n_checkpoints"]), f"<={human_steps(g['eval_steps_max'])}", human_bytes(g["disk_bytes"]["total"]),
+            str(g["n_checkpoints"]), f"{'' if g['eval_steps_exact'] else '<='}{human_steps(g['eval_steps_max'])}",
+            human_bytes(g["disk_bytes"]["total"]),
             f"{r['steps_per_s_per_core']:,.0f}" if r else "-",
             human_number(g["run_core_h"]), human_hours(g["run_wall_h_here"]),
         ])
@@ -484,7 +489,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     m = plan["machine"]
     out.append(f"machine: {m['cpu']}, {m['cores']} cores")
     out.extend(_source_lines(plan["groups"], m["cores"]))
-    out.append("iterations = budget // worst-case iteration steps ('>=': episodes ending early make more); evaluation steps")
-    out.append("are an upper bound (full-horizon episodes); time = steps / measured steps per core-second, cores kept busy.")
+    out.append("iterations = budget // iteration steps; with sampler.unit episodes, episodes ending early make more ('>=')")
+    out.append("and evaluation cheaper ('<='); time = steps / measured steps per core-second, with the cores kept busy.")
     out.append(plan["summary"])
     return "\n".join(out)

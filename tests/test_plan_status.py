@@ -102,9 +102,10 @@ def test_steps_unit_iterations_are_exact():
     a = plan.run_arithmetic(with_unit("steps"))
     assert a["unit"] == "steps" and a["iterations_exact"]
     assert a["iteration_steps"] == 2 * 40 * 20 * 200 and a["iterations"] == 3  # 1,000,000 // 320,000
-    assert a["training_steps_max"] == 960_000
+    assert a["training_steps_max"] == 960_000 and a["eval_steps_exact"]
     b = plan.run_arithmetic(with_unit("episodes"))
     assert b["unit"] == "episodes" and not b["iterations_exact"] and b["training_steps_max"] == 1_000_000
+    assert not b["eval_steps_exact"] and b["eval_steps_max"] == a["eval_steps_max"]  # same formula, a bound here
 
 
 # -- calibration and its cache -------------------------------------------------------------
