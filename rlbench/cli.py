@@ -13,6 +13,7 @@ from rlbench.errors import USER_ERRORS
 COMMAND_MODULES = [
     "rlbench.commands.envs_cmd",
     "rlbench.commands.runs_cmd",
+    "rlbench.commands.plan_cmd",
     "rlbench.commands.compare_cmd",
     "rlbench.commands.linreg_cmd",
     "rlbench.commands.maml_variants_cmd",

@@ -77,6 +77,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise UsageError("--parallel must be >= 1")
     out = Path(args.out or Path("runs") / exp.name)
+    from rlbench.commands.plan_cmd import preflight
+
+    preflight(exp, yes=args.yes, max_hours=args.max_hours)  # prints the plan's summary; refuses a too-long grid
     summary = run_experiment(exp, out, parallel=args.parallel, ray_address=args.ray_address, quiet=args.quiet,
                              workers_per_run=args.workers_per_run)
     comp = summary.get("comparison", {})
@@ -117,5 +120,8 @@ def register(sub) -> None:
     r.add_argument("--parallel", type=int, default=1, help="runs at once on the local process pool")
     r.add_argument("--workers-per-run", type=int, help="sampler workers per run")
     r.add_argument("--ray-address", help="run the grid as Ray tasks: 'auto', an address, or 'local'")
+    r.add_argument("--yes", action="store_true", help="start even if projected above --max-hours (skips calibrating)")
+    r.add_argument("--max-hours", type=float, help="refuse grids projected above this many hours here without --yes "
+                   "(default: $RLBENCH_MAX_HOURS or 24)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_run)
