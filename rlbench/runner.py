@@ -32,7 +32,7 @@ class NonFiniteError(RuntimeError):
 def comparability(cfg: RunConfig) -> dict[str, Any]:
     """Settings that must be identical across every run compared for one environment."""
     return {
-        "env": envs.fingerprint(cfg.env_id, cfg.sampler.horizon),
+        "env": envs.fingerprint(cfg.env_id, cfg.sampler.horizon, cfg.env_kwargs),
         "sampler": {"meta_batch_size": cfg.sampler.meta_batch_size, "episodes_per_task": cfg.sampler.episodes_per_task,
                     "horizon": cfg.sampler.horizon},
         "advantage": config.to_dict(cfg.advantage),
@@ -127,7 +127,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         return meta
     marks = cfg.checkpoint_marks
     torch.set_num_threads(cfg.learner_threads)
-    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend,
+                 env_kwargs=cfg.env_kwargs) as sampler:
         trainer = Trainer(cfg, sampler)
         checkpoints: list[dict[str, Any]] = list(meta.get("checkpoints", []))
         wall = float(meta.get("wall_time_s", 0.0))
