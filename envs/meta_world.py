@@ -191,21 +191,21 @@ def success_flag(inner: Any, obs: np.ndarray, action: np.ndarray) -> float:
     return float(bool(info["success"]))
 
 
-
 class MetaWorldMetaEnv(MetaEnv):
     """A Meta-World benchmark as one task-settable environment.
 
-    ``reward_function_version`` ("v1" or "v2", default "v2") is passed to every inner
-    Meta-World environment: it selects the reward function only. Observations and dynamics do
-    not depend on it; ``info["success"]`` is always the package's "v2" flag
-    (:data:`SUCCESS_CRITERION`), recomputed from the same state when the rewards are "v1"
-    (the rest of ``info`` is the package's, for the chosen version).
     Holds one inner Meta-World environment for the class of the current task (built lazily,
     rebuilt when ``set_task`` switches class). ``step`` returns the inner environment's
     observation (39,) and reward, ``terminated`` as the inner env reports it (always False
     in v3), ``truncated`` True at the horizon, and ``info`` with ``"success"`` as a float
     0.0/1.0. Actions are clipped to [-1, 1]^4. ``reset`` before any ``set_task`` uses the
     benchmark's first training task.
+
+    ``reward_function_version`` ("v1" or "v2", default "v2") is passed to every inner
+    Meta-World environment: it selects the reward function only. Observations and dynamics do
+    not depend on it; ``info["success"]`` is always the package's "v2" flag
+    (:data:`SUCCESS_CRITERION`), recomputed from the same state when the rewards are "v1"
+    (the rest of ``info`` is the package's, for the chosen version).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
