@@ -7,8 +7,10 @@ backends), the evaluator's, and the fingerprint stored in the comparability reco
 runs with different environment arguments are never compared silently.
 
 The check is as strict as the rest of the configuration (:mod:`rlbench.config`): a key must
-be a named parameter of the environment class's constructor, and its value must fit the
-parameter's annotation (a ``Literal`` lists the allowed values). Three kinds of parameters
+be a named parameter of the environment class's constructor, its value must fit the
+parameter's annotation (a ``Literal`` lists the allowed values), and the constructor must
+accept it (the environment is built once to check; its ValueError becomes the message).
+Three kinds of parameters
 are refused because a per-run value would contradict something else:
 
 * ``horizon`` -- set by ``sampler.horizon``;
@@ -78,4 +80,9 @@ def check_env_kwargs(env_id: str, kwargs: dict[str, Any], prefix: str = "env_kwa
             known = ", ".join(sorted(allowed)) or "none"
             raise ConfigError(f"unknown config key '{name}' for {env_id} (settable: {known})")
         out[key] = _coerce(value, allowed[key], name)
+    if out:  # values the constructor itself validates (e.g. a str that must be one of a few)
+        try:
+            envs.make_meta_env(env_id, **out).close()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{prefix}: {err}") from None
     return out
