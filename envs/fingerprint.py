@@ -73,18 +73,34 @@ def protocol_choices(env: Any) -> dict[str, Any]:
     return {}
 
 
-def fingerprint(env_id: str, horizon: int | None = None) -> dict[str, Any]:
+def _non_default(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` without the arguments equal to the constructor's default (same environment)."""
+    import inspect
+
+    from envs.registry import _load
+
+    params = inspect.signature(_load(entry(env_id).entry_point)).parameters
+    return {k: v for k, v in env_kwargs.items() if k not in params or params[k].default != v}
+
+
+def fingerprint(env_id: str, horizon: int | None = None, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that identifies the environment ``env_id`` as a run would use it.
 
     Keys: ``env_id``, ``family``, ``version`` (the registered ``-vN``), ``horizon`` (``horizon``
     or the registered episode length), ``obs_dim``, ``act_dim``, ``dt``, ``tasks`` and
     ``split`` (the task distribution's descriptions), ``packages`` (versions of mujoco,
     gymnasium, metaworld, numpy), ``python`` and ``protocol`` (see :func:`protocol_choices`).
+    ``env_kwargs`` (constructor arguments of the run, e.g. Meta-World's
+    ``reward_function_version``) are passed to the environment, so ``protocol`` shows their
+    effect; the ones that differ from the constructor's defaults are also recorded under
+    ``env_kwargs`` (the key is absent when there are none, so an explicit default and no
+    argument give the same fingerprint).
     The result survives ``json.dumps``. Building it constructs the environment but not a
     Meta-World benchmark, so it is cheap for every id.
     """
     e = entry(env_id)
-    env = make_meta_env(env_id, horizon=horizon)
+    extra = _non_default(env_id, dict(env_kwargs or {}))
+    env = make_meta_env(env_id, horizon=horizon, **(env_kwargs or {}))
     try:
         dist = get_task_distribution(env_id)
         spec = gym.spec(env_id)
@@ -106,6 +122,8 @@ def fingerprint(env_id: str, horizon: int | None = None) -> dict[str, Any]:
             "python": platform.python_version(),
             "protocol": protocol_choices(env),
         }
+        if extra:
+            out["env_kwargs"] = extra
     finally:
         env.close()
     out = _jsonable(out)

@@ -18,6 +18,16 @@ Protocol numbers that live here and nowhere else:
 * :data:`DEFAULT_HORIZON` = 150 steps. The study (GS) used the old v1 environments with 150
   steps per episode; Meta-World's own limit is 500. This is a documented deviation from
   Meta-World; pass ``horizon=500`` to get the package's behaviour.
+* :data:`DEFAULT_REWARD_VERSION` = "v2", Meta-World's own default. metaworld 3.x keeps two
+  reward functions per class, chosen by the constructor argument ``reward_function_version``:
+  "v2" (the current ones) and "v1" (the original Meta-World rewards, which the study used and
+  tuned its learning rates for; the ``paper`` preset selects "v1" through ``env_kwargs``).
+  The package itself does not check the value (any string but "v2" gives the v1 rewards), so
+  this module does.
+* :data:`SUCCESS_CRITERION` = "v2". In metaworld 3.1.1 the success flag is computed from
+  quantities the reward function returns, so under "v1" rewards it changes for about a third
+  of the classes (hand-insert never succeeds); this module always reports the "v2" success
+  flag, so success rates mean the same under both reward versions.
 * :data:`BENCHMARK_SEED`. ``metaworld.ML1/ML10/ML45`` draw their 50 goals per class from the
   global numpy RNG unless given ``seed``; without it every process (sampler workers, the
   evaluator, a resumed run) would see DIFFERENT goals under the same task index.
@@ -47,6 +57,14 @@ BENCHMARK_SEED = 0
 #: benchmarks) -- docs/protocol.md section 2.
 OBS_DIM = 39
 ACT_DIM = 4
+
+#: The values of metaworld's ``reward_function_version`` constructor argument, and its default.
+REWARD_VERSIONS = ("v1", "v2")
+DEFAULT_REWARD_VERSION = "v2"
+RewardVersion = Literal["v1", "v2"]
+
+#: The reward version whose ``info["success"]`` this module reports under every reward version.
+SUCCESS_CRITERION = "v2"
 
 #: The benchmarks this module knows; "ML1:<env-name>" works for any v3 environment name.
 BENCHMARKS = ("ML1:<env-name>", "ML10", "ML45")
@@ -157,6 +175,22 @@ def check_task(task: Any, benchmark: str, benchmark_seed: int) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+def success_flag(inner: Any, obs: np.ndarray, action: np.ndarray) -> float:
+    """The :data:`SUCCESS_CRITERION` success flag of Meta-World env ``inner`` at its current state.
+
+    ``obs`` and ``action`` are what ``inner.step`` just returned and received. Runs the
+    package's own ``evaluate_state`` with the reward version switched for the call (the
+    simulator state is not touched; only the ``success`` entry is used).
+    """
+    version = inner.reward_function_version
+    inner.reward_function_version = SUCCESS_CRITERION
+    try:
+        _, info = inner.evaluate_state(obs, action)
+    finally:
+        inner.reward_function_version = version
+    return float(bool(info["success"]))
+
+
 class MetaWorldMetaEnv(MetaEnv):
     """A Meta-World benchmark as one task-settable environment.
 
@@ -166,6 +200,12 @@ class MetaWorldMetaEnv(MetaEnv):
     in v3), ``truncated`` True at the horizon, and ``info`` with ``"success"`` as a float
     0.0/1.0. Actions are clipped to [-1, 1]^4. ``reset`` before any ``set_task`` uses the
     benchmark's first training task.
+
+    ``reward_function_version`` ("v1" or "v2", default "v2") is passed to every inner
+    Meta-World environment: it selects the reward function only. Observations and dynamics do
+    not depend on it; ``info["success"]`` is always the package's "v2" flag
+    (:data:`SUCCESS_CRITERION`), recomputed from the same state when the rewards are "v1"
+    (the rest of ``info`` is the package's, for the chosen version).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -176,11 +216,17 @@ class MetaWorldMetaEnv(MetaEnv):
         benchmark: str,
         horizon: int = DEFAULT_HORIZON,
         benchmark_seed: int = BENCHMARK_SEED,
+        reward_function_version: RewardVersion = DEFAULT_REWARD_VERSION,
         **_: object,
     ):
+        if reward_function_version not in REWARD_VERSIONS:
+            raise ValueError(
+                f"reward_function_version must be one of {', '.join(REWARD_VERSIONS)}, got {reward_function_version!r}"
+            )
         self.train_classes, self.test_classes = benchmark_classes(benchmark)  # cheap; no build
         self.benchmark = benchmark
         self.benchmark_seed = int(benchmark_seed)
+        self.reward_function_version: str = reward_function_version
         self._horizon = 0
         self._inner: Any = None
         self._inner_name: str | None = None
@@ -214,7 +260,7 @@ class MetaWorldMetaEnv(MetaEnv):
 
             if self._inner is not None:
                 self._inner.close()
-            self._inner = ALL_V3_ENVIRONMENTS[env_name]()
+            self._inner = ALL_V3_ENVIRONMENTS[env_name](reward_function_version=self.reward_function_version)
             self._inner.max_path_length = self._horizon
             self._inner_name = env_name
             self._needs_reset = True
@@ -247,6 +293,8 @@ class MetaWorldMetaEnv(MetaEnv):
             "benchmark_seed": self.benchmark_seed,
             "horizon": self.horizon,
             "default_horizon": DEFAULT_HORIZON,
+            "reward_function_version": self.reward_function_version,
+            "success_criterion": SUCCESS_CRITERION,
             "train_classes": list(self.train_classes),
             "test_classes": list(self.test_classes),
             "goals_per_class": goals_per_class(),
@@ -273,6 +321,8 @@ class MetaWorldMetaEnv(MetaEnv):
         self._t += 1
         truncated = bool(truncated) or self._t >= self._horizon
         info = dict(info)
+        if self.reward_function_version != SUCCESS_CRITERION and not self._inner._did_see_sim_exception:
+            info["success"] = success_flag(self._inner, obs, a)
         info["success"] = float(bool(info.get("success", 0.0)))
         if terminated or truncated:
             self._needs_reset = True

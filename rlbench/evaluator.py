@@ -178,7 +178,8 @@ def evaluate_run(run_dir: Path, n_workers: int | None = None, quiet: bool = Fals
     if todo:
         per_ckpt = cfg.eval.n_tasks * (cfg.eval.n_updates + 1) * cfg.eval.episodes_per_task * cfg.sampler.horizon
         bar = progress(total=per_ckpt * len(todo), desc=f"evaluate {cfg.algo} seed {cfg.seed}", disable=quiet)
-        with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=workers, backend=cfg.sampler.backend) as sampler:
+        with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=workers, backend=cfg.sampler.backend,
+                     env_kwargs=cfg.env_kwargs) as sampler:
             for c in todo:
                 state = store.load_torch(store.ckpt_path(run_dir, c["index"]))
                 rows, steps = evaluate_params(cfg, sampler, state["params"], c["index"], tasks)

@@ -35,7 +35,7 @@ def comparability(cfg: RunConfig) -> dict[str, Any]:
     for one environment (``rlbench compare`` refuses a difference, naming the key). Settings
     that change speed only (workers, learner threads, ``eval.task_chunk``) are left out."""
     return {
-        "env": envs.fingerprint(cfg.env_id, cfg.sampler.horizon),
+        "env": envs.fingerprint(cfg.env_id, cfg.sampler.horizon, cfg.env_kwargs),
         "sampler": {"meta_batch_size": cfg.sampler.meta_batch_size, "episodes_per_task": cfg.sampler.episodes_per_task,
                     "horizon": cfg.sampler.horizon, "unit": cfg.sampler.unit, "keep_tails": cfg.sampler.keep_tails},
         "advantage": config.to_dict(cfg.advantage),
@@ -137,7 +137,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         return meta
     marks = cfg.checkpoint_marks
     torch.set_num_threads(cfg.learner_threads)
-    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend,
+                 env_kwargs=cfg.env_kwargs) as sampler:
         trainer = Trainer(cfg, sampler)
         checkpoints: list[dict[str, Any]] = list(meta.get("checkpoints", []))
         wall = float(meta.get("wall_time_s", 0.0))

@@ -8,7 +8,7 @@ algorithm from docs/protocol.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rlbench import protocol as P
 from rlbench.config import ConfigError
@@ -176,9 +176,14 @@ class RunConfig:
     paired_inner: str = ""  # the MAML algorithm whose inner update evaluates this run (set by presets)
     dtype: Literal["float32", "float64"] = "float32"
     torch_threads: int = 0  # learner intra-op threads; 0 = as many as sampler workers (set 1 for tiny problems)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # environment constructor arguments (rlbench/env_kwargs.py)
 
     def validate(self, p: str = "") -> None:
         _check(self.torch_threads >= 0, p, "torch_threads", "must be >= 0")
+        if self.env_kwargs:
+            from rlbench.env_kwargs import check_env_kwargs
+
+            check_env_kwargs(self.env_id, self.env_kwargs, f"{p + '.' if p else ''}env_kwargs")
         _check(self.algo in ALGOS, p, "algo", f"unknown algorithm {self.algo!r} (known: {', '.join(ALGOS)})")
         _check(self.seed >= 0, p, "seed", "must be >= 0")
         _check(self.budget >= 0, p, "budget", "must be >= 0")
