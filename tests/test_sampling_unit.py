@@ -344,3 +344,12 @@ def test_test_time_rule_is_compared_within_each_pair_only():
     assert notes == ['rlbench/PointGoal-v0: test_time.lr differs (0.05 vs 0.1)']
     with pytest.raises(UsageError, match=r"comparability\.sampler\.unit"):  # env-wide keys stay env-wide
         check_comparable(grid[:3] + [run("trpo-maml", "trpo-maml", 0.1, "episodes")], (), pairs)
+
+
+def test_foot_friction_is_a_strict_run_setting():
+    cfg = presets.run_config(WALKER, "drs-ppo", 1, overrides={"env_kwargs": {"foot_friction": "v5"}})
+    assert cfg.env_kwargs == {"foot_friction": "v5"}
+    with pytest.raises(config.ConfigError, match="env_kwargs"):
+        presets.run_config(HOPPER, "drs-ppo", 1, overrides={"env_kwargs": {"foot_friction": "v5"}})
+    with pytest.raises(config.ConfigError, match="foot_friction"):
+        presets.run_config(WALKER, "drs-ppo", 1, overrides={"env_kwargs": {"foot_friction": "v4"}})
