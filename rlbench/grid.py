@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from rlbench import config, presets, store
+from rlbench import config, locking, presets, store
 from rlbench.evaluator import evaluate_run
-from rlbench.runner import train
+from rlbench.runner import check_run, train
 from rlbench.sampler import default_workers
 from rlbench.settings import ExperimentConfig, RunConfig
 
@@ -42,10 +42,11 @@ def run_job(cfg_dict: dict[str, Any], run_dir: str, quiet: bool = True) -> dict[
     """Train (resuming) and evaluate one run. Safe to call again after a crash."""
     cfg = config.from_dict(RunConfig, cfg_dict)
     path = Path(run_dir)
-    if not is_complete(path):
-        train(cfg, path, resume=True, quiet=quiet)
-        evaluate_run(path, quiet=quiet)
-    meta = store.read_meta(path)
+    with locking.claim(path, "run"):  # one lock for training and evaluation
+        if not is_complete(path):
+            train(cfg, path, resume=True, quiet=quiet)
+            evaluate_run(path, quiet=quiet)
+        meta = store.read_meta(path)
     return {"run_dir": str(path), "status": meta["status"], "budget_used": meta["budget_used"], "eval_steps": meta.get("eval_steps", 0)}
 
 
@@ -60,7 +61,6 @@ def _write_experiment(exp: ExperimentConfig, out: Path) -> None:
 
             raise UsageError(f"{out} holds a different experiment (differs in {diffs[0]}); use another --out")
         return
-    out.mkdir(parents=True, exist_ok=True)
     store.write_text(path, text)
 
 
@@ -77,6 +77,15 @@ def run_experiment(
     """Train and evaluate the grid, then write the comparison. Returns a summary dict."""
     out = Path(out)
     configs = presets.experiment_run_configs(exp)
+    locking.check_out_path(out)
+    for cfg in configs:  # every run is checked before anything is written
+        check_run(cfg, run_dir_for(out, cfg))
+    with locking.claim(out, "experiment"):
+        return _run_experiment(exp, out, configs, parallel, ray_address, quiet, compare, max_retries, workers_per_run)
+
+
+def _run_experiment(exp: ExperimentConfig, out: Path, configs: list[RunConfig], parallel: int, ray_address: str | None,
+                    quiet: bool, compare: bool, max_retries: int, workers_per_run: int | None) -> dict[str, Any]:
     _write_experiment(exp, out)
     if workers_per_run is None:  # sampler workers of each run
         workers_per_run = 1 if ray_address else (max(1, default_workers() // parallel) if parallel > 1 else 0)

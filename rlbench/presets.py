@@ -122,8 +122,21 @@ def experiment_overrides(exp: ExperimentConfig, env_id: str, algo: str) -> dict[
     return over
 
 
+def check_override_keys(exp: ExperimentConfig) -> None:
+    """Every ``overrides`` key applies to some run of the grid (a misspelt key would be
+    silently ignored otherwise)."""
+    valid = {"all", *exp.algos}
+    for env_id in exp.envs:
+        valid |= {env_id, family_of(env_id), *(f"{env_id}:{a}" for a in exp.algos)}
+    for key in exp.overrides:
+        if key not in valid:
+            raise ConfigError(f"overrides.{key}: matches no environment, family or algorithm of this experiment "
+                              f"(valid keys: {', '.join(sorted(valid))})")
+
+
 def experiment_run_configs(exp: ExperimentConfig) -> list[RunConfig]:
     """Every run of the grid, with the experiment's overrides applied."""
+    check_override_keys(exp)
     return [
         run_config(env_id, algo, seed, exp.budget or None, experiment_overrides(exp, env_id, algo))
         for env_id in exp.envs
