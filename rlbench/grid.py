@@ -78,6 +78,10 @@ def run_experiment(
     out = Path(out)
     configs = presets.experiment_run_configs(exp)
     locking.check_out_path(out)
+    if out.is_dir() and not (out / EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):
+        from rlbench.errors import UsageError
+
+        raise UsageError(f"{out} exists and holds no {EXPERIMENT_FILE}; choose an empty or new --out")
     for cfg in configs:  # every run is checked before anything is written
         check_run(cfg, run_dir_for(out, cfg))
     with locking.claim(out, "experiment"):

@@ -71,6 +71,9 @@ def check_run(cfg: RunConfig, run_dir: Path, max_iterations: int | None = None) 
     if max_iterations is not None and max_iterations < 0:
         raise UsageError(f"--max-iterations must be >= 0, got {max_iterations}")
     locking.check_out_path(run_dir)
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not store.is_run_dir(run_dir) and not _is_empty(run_dir):
+        raise UsageError(f"{run_dir} exists and is not an rlbench run directory; choose an empty or new --out")
 
 
 def _is_empty(run_dir: Path) -> bool:
