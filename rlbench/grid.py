@@ -76,6 +76,7 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train and evaluate the grid, then write the comparison. Returns a summary dict."""
     out = Path(out)
+    presets.check_override_keys(exp)
     configs = presets.experiment_run_configs(exp)
     locking.check_out_path(out)
     if out.is_dir() and not (out / EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):

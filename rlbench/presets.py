@@ -112,16 +112,6 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
     return exp
 
 
-def experiment_overrides(exp: ExperimentConfig, env_id: str, algo: str) -> dict[str, Any]:
-    """The experiment's run-config overrides for (env, algo): "all", then the env's family,
-    the env id, the algorithm and "env_id:algo", later keys winning."""
-    over: dict[str, Any] = {"n_checkpoints": exp.n_checkpoints}
-    for key in ("all", family_of(env_id), env_id, algo, f"{env_id}:{algo}"):
-        if key in exp.overrides:
-            over = config.merge(over, exp.overrides[key])
-    return over
-
-
 def check_override_keys(exp: ExperimentConfig) -> None:
     """Every ``overrides`` key applies to some run of the grid (a misspelt key would be
     silently ignored otherwise)."""
@@ -134,9 +124,18 @@ def check_override_keys(exp: ExperimentConfig) -> None:
                               f"(valid keys: {', '.join(sorted(valid))})")
 
 
+def experiment_overrides(exp: ExperimentConfig, env_id: str, algo: str) -> dict[str, Any]:
+    """The experiment's run-config overrides for (env, algo): "all", then the env's family,
+    the env id, the algorithm and "env_id:algo", later keys winning."""
+    over: dict[str, Any] = {"n_checkpoints": exp.n_checkpoints}
+    for key in ("all", family_of(env_id), env_id, algo, f"{env_id}:{algo}"):
+        if key in exp.overrides:
+            over = config.merge(over, exp.overrides[key])
+    return over
+
+
 def experiment_run_configs(exp: ExperimentConfig) -> list[RunConfig]:
     """Every run of the grid, with the experiment's overrides applied."""
-    check_override_keys(exp)
     return [
         run_config(env_id, algo, seed, exp.budget or None, experiment_overrides(exp, env_id, algo))
         for env_id in exp.envs
