@@ -29,6 +29,7 @@ from rlbench.errors import UsageError
 LOCK_FILE = ".rlbench.lock"
 
 _held: dict[str, list[int]] = {}  # real path of the lock file -> [fd, depth]
+_cleaned: set[str] = set()  # directories whose outermost claim is active in this process
 _mutex = threading.Lock()
 
 
@@ -140,5 +141,3 @@ def claim(directory: Path, what: str = "run", flag: str = "--out") -> Iterator[N
                         d.rmdir()
         raise
 
-
-_cleaned: set[str] = set()  # directories whose outermost claim is active in this process
