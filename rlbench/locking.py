@@ -140,4 +140,3 @@ def claim(directory: Path, what: str = "run", flag: str = "--out") -> Iterator[N
                     for d in created:
                         d.rmdir()
         raise
-
