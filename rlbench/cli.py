@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"rlbench: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only or vanished destination: one line, files intact
+        where = f"{e.filename}: " if e.filename and str(e.filename) not in str(e.strerror or "") else ""
+        print(f"rlbench: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rlbench: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ different study than the one written down. Every unknown key and every wrong typ
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -97,10 +98,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
+        if isinstance(value, (int, float)) or (isinstance(value, str) and _FLOAT_RE.match(value.strip())):
+            try:
+                f = float(value)
+            except OverflowError:  # an int beyond float range
+                f = math.inf
+            if not math.isfinite(f):  # no setting means "unbounded"; inf/NaN would only poison training
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return f
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if not isinstance(value, str):

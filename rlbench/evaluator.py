@@ -33,7 +33,7 @@ from agents import metagrad
 from agents.core import DTYPES, adapt, as_stacked, inner_loss_fn, process
 from agents.policy import Params
 from agents.registry import make_policy
-from rlbench import seeding, store
+from rlbench import locking, seeding, store
 from rlbench.errors import UsageError
 from rlbench.progress import progress
 from rlbench.sampler import Sampler
@@ -162,6 +162,33 @@ def evaluate_run(run_dir: Path, n_workers: int | None = None, quiet: bool = Fals
     run_dir = Path(run_dir)
     if not store.is_run_dir(run_dir):
         raise UsageError(f"{run_dir} is not an rlbench run directory (no {store.CONFIG_FILE} / {store.META_FILE})")
+    with locking.claim(run_dir, "run"):
+        return _evaluate_run(run_dir, n_workers, quiet, n_tasks)
+
+
+_RECOMPUTE = "delete it and run rlbench evaluate again to recompute it"
+
+
+def read_part(run_dir: Path, index: int, cfg: RunConfig, sha256: str | None) -> pd.DataFrame:
+    """One checkpoint's evaluation part, checked: its sha256 against the one recorded in
+    run.json when it was written (runs evaluated before checksums have none), its columns,
+    its checkpoint index and its number of rows. Damage raises CorruptFileError."""
+    path = store.eval_part_path(run_dir, index)
+    data = path.read_bytes()
+    if sha256 is not None and store.sha256_bytes(data) != sha256:
+        raise store.CorruptFileError(f"{path} is damaged (its sha256 differs from the one recorded in run.json); {_RECOMPUTE}")
+    try:
+        df = pd.read_csv(io.BytesIO(data))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        raise store.CorruptFileError(f"{path} is damaged (not a CSV table); {_RECOMPUTE}") from None
+    rows = cfg.eval.n_tasks * (cfg.eval.n_updates + 1)
+    if list(df.columns) != COLUMNS or len(df) != rows or not (df["checkpoint"] == index).all():
+        raise store.CorruptFileError(f"{path} is damaged (expected {rows} rows of checkpoint {index} with columns "
+                                     f"{','.join(COLUMNS)}); {_RECOMPUTE}")
+    return df
+
+
+def _evaluate_run(run_dir: Path, n_workers: int | None, quiet: bool, n_tasks: int | None) -> pd.DataFrame:
     cfg = store.read_config(run_dir)
     if n_tasks is not None and n_tasks != cfg.eval.n_tasks:
         raise UsageError("the number of test tasks is part of the run's config (eval.n_tasks); set it at training time")
@@ -174,14 +201,20 @@ def evaluate_run(run_dir: Path, n_workers: int | None = None, quiet: bool = Fals
     frames = []
     done_steps: dict[str, int] = dict(meta.get("eval_steps_by_ckpt", {}))
     torch.set_num_threads(cfg.learner_threads)
-    todo = [c for c in ckpts if not store.eval_part_path(run_dir, c["index"]).exists()]
+    # A part counts as done once its checksum is in run.json (a part written just before a
+    # crash, with no checksum yet, is recomputed). Runs evaluated before checksums existed
+    # have no "eval_sha256" at all: their parts are checked by shape only.
+    shas: dict[str, str] | None = meta.get("eval_sha256")
+    if shas is None and not done_steps:
+        shas = {}
+    todo = [c for c in ckpts if not store.eval_part_path(run_dir, c["index"]).exists() or (shas is not None and str(c["index"]) not in shas)]
     if todo:
         per_ckpt = cfg.eval.n_tasks * (cfg.eval.n_updates + 1) * cfg.eval.episodes_per_task * cfg.sampler.horizon
         bar = progress(total=per_ckpt * len(todo), desc=f"evaluate {cfg.algo} seed {cfg.seed}", disable=quiet)
         with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=workers, backend=cfg.sampler.backend,
                      env_kwargs=cfg.env_kwargs) as sampler:
             for c in todo:
-                state = store.load_torch(store.ckpt_path(run_dir, c["index"]))
+                state = store.load_torch(store.ckpt_path(run_dir, c["index"]), sha256=c.get("sha256"))
                 rows, steps = evaluate_params(cfg, sampler, state["params"], c["index"], tasks)
                 df = pd.DataFrame(rows)
                 df.insert(0, "env_steps", c["env_steps"])
@@ -192,13 +225,15 @@ def evaluate_run(run_dir: Path, n_workers: int | None = None, quiet: bool = Fals
                 df.insert(0, "env_id", cfg.env_id)
                 buf = io.StringIO()
                 df[COLUMNS].to_csv(buf, index=False)
-                store.write_text(store.eval_part_path(run_dir, c["index"]), buf.getvalue())
+                text = buf.getvalue()
+                store.write_text(store.eval_part_path(run_dir, c["index"]), text)
                 done_steps[str(c["index"])] = steps
-                store.update_meta(run_dir, eval_steps_by_ckpt=done_steps, eval_steps=int(sum(done_steps.values())))
+                shas = {**(shas or {}), str(c["index"]): store.sha256_bytes(text.encode())}
+                store.update_meta(run_dir, eval_steps_by_ckpt=done_steps, eval_steps=int(sum(done_steps.values())), eval_sha256=shas)
                 bar.update(per_ckpt)
         bar.close()
     for c in ckpts:
-        frames.append(pd.read_csv(store.eval_part_path(run_dir, c["index"])))
+        frames.append(read_part(run_dir, c["index"], cfg, (shas or {}).get(str(c["index"]))))
     table = pd.concat(frames, ignore_index=True)
     buf = io.StringIO()
     table.to_csv(buf, index=False)

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from rlbench import config, presets, store
+from rlbench import config, locking, presets, store
 from rlbench.evaluator import evaluate_run
-from rlbench.runner import train
+from rlbench.runner import check_run, train
 from rlbench.sampler import default_workers
 from rlbench.settings import ExperimentConfig, RunConfig
 
@@ -42,10 +42,11 @@ def run_job(cfg_dict: dict[str, Any], run_dir: str, quiet: bool = True) -> dict[
     """Train (resuming) and evaluate one run. Safe to call again after a crash."""
     cfg = config.from_dict(RunConfig, cfg_dict)
     path = Path(run_dir)
-    if not is_complete(path):
-        train(cfg, path, resume=True, quiet=quiet)
-        evaluate_run(path, quiet=quiet)
-    meta = store.read_meta(path)
+    with locking.claim(path, "run"):  # one lock for training and evaluation
+        if not is_complete(path):
+            train(cfg, path, resume=True, quiet=quiet)
+            evaluate_run(path, quiet=quiet)
+        meta = store.read_meta(path)
     return {"run_dir": str(path), "status": meta["status"], "budget_used": meta["budget_used"], "eval_steps": meta.get("eval_steps", 0)}
 
 
@@ -60,7 +61,6 @@ def _write_experiment(exp: ExperimentConfig, out: Path) -> None:
 
             raise UsageError(f"{out} holds a different experiment (differs in {diffs[0]}); use another --out")
         return
-    out.mkdir(parents=True, exist_ok=True)
     store.write_text(path, text)
 
 
@@ -76,17 +76,33 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train and evaluate the grid, then write the comparison. Returns a summary dict."""
     out = Path(out)
+    presets.check_override_keys(exp)
     configs = presets.experiment_run_configs(exp)
-    # Before writing anything: an unusable Ray head is a one-line error within ~30 s.
+    locking.check_out_path(out)
+    if out.is_dir() and not (out / EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):
+        from rlbench.errors import UsageError
+
+        raise UsageError(f"{out} exists and holds no {EXPERIMENT_FILE}; choose an empty or new --out")
+    for cfg in configs:  # every run is checked before anything is written
+        check_run(cfg, run_dir_for(out, cfg))
+    # Also before writing anything: an unusable Ray head is a one-line error within ~30 s.
     ray_started = _ray_connect(ray_address) if ray_address else False
     try:
-        _write_experiment(exp, out)
+        with locking.claim(out, "experiment"):
+            return _run_experiment(exp, out, configs, parallel, ray_address, ray_started, quiet, compare, max_retries,
+                                   workers_per_run)
     except BaseException:
         if ray_started:
             import ray
 
             ray.shutdown()
         raise
+
+
+def _run_experiment(exp: ExperimentConfig, out: Path, configs: list[RunConfig], parallel: int, ray_address: str | None,
+                    ray_started: bool, quiet: bool, compare: bool, max_retries: int,
+                    workers_per_run: int | None) -> dict[str, Any]:
+    _write_experiment(exp, out)
     if workers_per_run is None:  # sampler workers of each run
         workers_per_run = 1 if ray_address else (max(1, default_workers() // parallel) if parallel > 1 else 0)
     jobs = []
@@ -140,7 +156,7 @@ def _run_ray(todo: list[tuple[dict, str]], max_retries: int, shutdown: bool) -> 
     try:
         refs = []
         for cfg_dict, run_dir in todo:
-            cpus = cfg_dict["sampler"]["n_workers"] or 1
+            cpus = max(cfg_dict["sampler"]["n_workers"] or 1, cfg_dict.get("torch_threads", 1))
             task = ray.remote(num_cpus=cpus, max_retries=max_retries, retry_exceptions=True)(_ray_job)
             refs.append(task.remote(cfg_dict, run_dir, True))
         results = ray.get(refs)

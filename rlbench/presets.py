@@ -112,6 +112,18 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
     return exp
 
 
+def check_override_keys(exp: ExperimentConfig) -> None:
+    """Every ``overrides`` key applies to some run of the grid (a misspelt key would be
+    silently ignored otherwise)."""
+    valid = {"all", *exp.algos}
+    for env_id in exp.envs:
+        valid |= {env_id, family_of(env_id), *(f"{env_id}:{a}" for a in exp.algos)}
+    for key in exp.overrides:
+        if key not in valid:
+            raise ConfigError(f"overrides.{key}: matches no environment, family or algorithm of this experiment "
+                              f"(valid keys: {', '.join(sorted(valid))})")
+
+
 def experiment_overrides(exp: ExperimentConfig, env_id: str, algo: str) -> dict[str, Any]:
     """The experiment's run-config overrides for (env, algo): "all", then the env's family,
     the env id, the algorithm and "env_id:algo", later keys winning."""

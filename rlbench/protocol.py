@@ -69,15 +69,17 @@ class FamilyDefaults:
     budget: int  # env steps per run (equal for every algorithm)
     n_checkpoints: int  # including checkpoint 0
     eval_tasks: int  # T meta-test tasks (GS used 1000; see README "Protocol choices")
-    torch_threads: int  # learner threads; 0 = as many as sampler workers
+    torch_threads: int  # learner threads, fixed per family so results never depend on --workers or cores
 
 
 FAMILIES: dict[str, FamilyDefaults] = {
     # 40 x 20 x 200 = 160,000 steps per unit; 320M steps = 2000 DRS / 1000 MAML iterations;
     # 21 checkpoints 16M steps apart.
-    "locomotion": FamilyDefaults(40, 20, 200, (64, 64), 320_000_000, 21, 100, 0),
+    # Learner threads: 2, fixed (results must not change with --workers or the machine; on
+    # 2 cores two threads halve the update time at this batch shape, scripts/bench_iterations.py).
+    "locomotion": FamilyDefaults(40, 20, 200, (64, 64), 320_000_000, 21, 100, 2),
     # 20 x 10 x 150 = 30,000 steps per unit; 600M steps; 21 checkpoints 30M apart.
-    "metaworld": FamilyDefaults(20, 10, 150, (100, 100), 600_000_000, 21, 50, 0),
+    "metaworld": FamilyDefaults(20, 10, 150, (100, 100), 600_000_000, 21, 50, 2),
     # Tiny tensors: one learner thread (OpenMP threads made such updates many times slower).
     "toy": FamilyDefaults(20, 10, 20, (32, 32), 400_000, 5, 20, 1),
 }

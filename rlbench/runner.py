@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 import envs
-from rlbench import config, pairing, store
+from rlbench import config, locking, pairing, store
 from rlbench.errors import UsageError
 from rlbench.evaluator import adaptation_rule
 from rlbench.progress import progress
-from rlbench.sampler import Sampler
+from rlbench.sampler import STEPPERS, Sampler, resolve_backend
 from rlbench.settings import RunConfig
 from rlbench.trainer import Trainer
 
@@ -33,7 +33,8 @@ class NonFiniteError(RuntimeError):
 def comparability(cfg: RunConfig) -> dict[str, Any]:
     """Everything that changes meta-test numbers and must be identical across the runs compared
     for one environment (``rlbench compare`` refuses a difference, naming the key). Settings
-    that change speed only (workers, learner threads, ``eval.task_chunk``) are left out."""
+    that change speed only (workers, ``eval.task_chunk``) are left out, and so is the learner's
+    thread count: it changes float rounding (so a resume must keep it) but not what is measured."""
     return {
         "env": envs.fingerprint(cfg.env_id, cfg.sampler.horizon, cfg.env_kwargs),
         "sampler": {"meta_batch_size": cfg.sampler.meta_batch_size, "episodes_per_task": cfg.sampler.episodes_per_task,
@@ -51,7 +52,7 @@ def comparability(cfg: RunConfig) -> dict[str, Any]:
 
 #: Evaluation settings that change speed only, and settings a resume may change.
 SPEED_ONLY_EVAL = ("task_chunk", "adapt_lr")  # adapt_lr is recorded resolved, in "test_time"
-SPEED_ONLY = ("sampler.n_workers", "eval.task_chunk", "torch_threads")
+SPEED_ONLY = ("sampler.n_workers", "eval.task_chunk")
 
 
 def check_budget(cfg: RunConfig) -> None:
@@ -61,6 +62,35 @@ def check_budget(cfg: RunConfig) -> None:
             f"{cfg.sampler.meta_batch_size} tasks x {cfg.sampler.episodes_per_task} slots x horizon {cfg.sampler.horizon}"
             f"{' x ' + str(cfg.algo_cfg.inner_steps + 1) + ' rounds' if cfg.is_maml else ''})"
         )
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """The sampler backend exists and supports the environment (checked before any file is written)."""
+    try:
+        name = resolve_backend(cfg.sampler.backend, cfg.env_id)
+    except ValueError as e:
+        raise UsageError(f"sampler.backend: {e}") from None
+    supports = getattr(STEPPERS[name], "supports", None)
+    if supports is not None and not supports(cfg.env_id):
+        raise UsageError(f"sampler.backend: {name!r} does not support {cfg.env_id} (use auto or gym)")
+
+
+def check_run(cfg: RunConfig, run_dir: Path, max_iterations: int | None = None) -> None:
+    """Everything about a run that can be checked without writing a file."""
+    check_budget(cfg)
+    check_backend(cfg)
+    if max_iterations is not None and max_iterations < 0:
+        raise UsageError(f"--max-iterations must be >= 0, got {max_iterations}")
+    locking.check_out_path(run_dir)
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not store.is_run_dir(run_dir) and not _is_empty(run_dir):
+        raise UsageError(f"{run_dir} exists and is not an rlbench run directory; choose an empty or new --out")
+
+
+def _is_empty(run_dir: Path) -> bool:
+    """No files but our lock (and temporary files of a killed writer)."""
+    return all(p.name == locking.LOCK_FILE or (p.name.startswith(".") and p.name.endswith(store.TMP_SUFFIX))
+               for p in run_dir.iterdir())
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
@@ -73,13 +103,19 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
             raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it (nothing was changed)")
         old = store.read_config(run_dir)
         diffs = store.diff_dicts(config.to_dict(old), config.to_dict(cfg))
-        # Settings that change speed but not results may differ on resume.
+        # Settings that change speed but not results may differ on resume (torch_threads
+        # changes float reductions, hence results: it must match).
         diffs = [d for d in diffs if d not in SPEED_ONLY]
         if diffs:
             a, b = _lookup(config.to_dict(old), diffs[0]), _lookup(config.to_dict(cfg), diffs[0])
             raise UsageError(f"cannot resume {run_dir}: config differs in {diffs[0]} ({a!r} in the run, {b!r} now)")
-        return (run_dir / store.STATE_FILE).exists()
-    if run_dir.exists() and any(run_dir.iterdir()):
+        has_state = (run_dir / store.STATE_FILE).exists()
+        done = store.read_meta(run_dir).get("iterations", 0)
+        if not has_state and done:
+            raise store.CorruptFileError(f"{run_dir / store.STATE_FILE} is missing but {store.META_FILE} records {done} "
+                                         f"iterations; restore it from a backup or train again in a new directory")
+        return has_state
+    if run_dir.exists() and not _is_empty(run_dir):
         raise UsageError(f"{run_dir} exists and is not an rlbench run directory; choose an empty or new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_text(run_dir / store.CONFIG_FILE, store.config_text(cfg))
@@ -108,29 +144,28 @@ def _finite(metrics: dict[str, float], params) -> bool:
 
 def _save_checkpoint(run_dir: Path, index: int, mark: int, trainer: Trainer) -> dict[str, Any]:
     entry = {"index": index, "budget_mark": mark, "env_steps": trainer.budget.used, "iteration": trainer.iteration}
-    store.save_torch(store.ckpt_path(run_dir, index), {**entry, "params": {k: v.detach().clone() for k, v in trainer.agent.params.items()}})
-    return entry
+    digest = store.save_torch(store.ckpt_path(run_dir, index), {**entry, "params": {k: v.detach().clone() for k, v in trainer.agent.params.items()}})
+    return {**entry, "sha256": digest}  # verified by the evaluator before it uses the file
 
 
 def _read_metrics(run_dir: Path, upto_iteration: int) -> list[str]:
-    path = run_dir / store.METRICS_FILE
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a crash mid-append
-            continue
-        if row.get("iteration", 0) <= upto_iteration:
-            keep.append(line)
-    return keep
+    """Lines of the metrics log up to the saved state's iteration (a line torn by a crash
+    mid-append is dropped; a damaged line elsewhere is an error)."""
+    return [line for line, row in store.read_jsonl(run_dir / store.METRICS_FILE) if row.get("iteration", 0) <= upto_iteration]
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False, max_iterations: int | None = None) -> dict[str, Any]:
-    """Train one run to its budget (or ``max_iterations`` more iterations). Returns run.json."""
-    check_budget(cfg)
+    """Train one run to its budget (or ``max_iterations`` more iterations). Returns run.json.
+
+    Everything checkable is checked before a file is written; the run directory is locked
+    for the whole call (a second writer gets a usage error)."""
+    check_run(cfg, run_dir, max_iterations)
     run_dir = Path(run_dir)
+    with locking.claim(run_dir, "run"):
+        return _train(cfg, run_dir, resume, quiet, max_iterations)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, max_iterations: int | None) -> dict[str, Any]:
     has_state = prepare_run_dir(cfg, run_dir, resume)
     meta = store.read_meta(run_dir)
     if meta.get("status") == "finished":
@@ -143,7 +178,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         checkpoints: list[dict[str, Any]] = list(meta.get("checkpoints", []))
         wall = float(meta.get("wall_time_s", 0.0))
         if has_state:
-            state = store.load_torch(run_dir / store.STATE_FILE)
+            state = store.load_torch(run_dir / store.STATE_FILE, todo="restore it from a backup or train again in a new directory")
             trainer.agent.load_state_dict(state["agent"])
             trainer.iteration = state["iteration"]
             trainer.budget.used = state["env_steps"]
@@ -186,6 +221,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                         "agent": trainer.agent.state_dict(), "iteration": trainer.iteration,
                         "env_steps": trainer.budget.used, "checkpoints": checkpoints, "wall_time_s": wall,
                     })
+                    done_iters += 1
                     bar.update(trainer.budget.used - before)
                     bar.set_postfix({"ret": f"{metrics.get('rollout/return_mean', float('nan')):.1f}", "it": trainer.iteration})
                     store.update_meta(run_dir, budget_used=trainer.budget.used, iterations=trainer.iteration, wall_time_s=wall,

@@ -175,11 +175,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paired_inner: str = ""  # the MAML algorithm whose inner update evaluates this run (set by presets)
     dtype: Literal["float32", "float64"] = "float32"
-    torch_threads: int = 0  # learner intra-op threads; 0 = as many as sampler workers (set 1 for tiny problems)
+    torch_threads: int = 1  # learner intra-op threads: fixed per run (part of its results), never from workers/cores
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # environment constructor arguments (rlbench/env_kwargs.py)
 
     def validate(self, p: str = "") -> None:
-        _check(self.torch_threads >= 0, p, "torch_threads", "must be >= 0")
+        _check(self.torch_threads >= 1, p, "torch_threads",
+               "must be >= 1 (a fixed thread count keeps results independent of --workers and of the machine)")
         if self.env_kwargs:
             from rlbench.env_kwargs import check_env_kwargs
 
@@ -192,15 +193,10 @@ class RunConfig:
 
     @property
     def learner_threads(self) -> int:
-        """Resolved torch threads: the sampler's workers sit idle during updates, so by default
-        the learner uses as many threads as there are workers (cores when n_workers is 0)."""
-        if self.torch_threads:
-            return self.torch_threads
-        if self.sampler.n_workers:
-            return self.sampler.n_workers
-        import os
-
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        """Torch threads of the learner (and of evaluation's adaptation steps). Float reductions
+        split over threads round differently, so this is a fixed setting of the run, recorded
+        in its config: never derived from the sampler's workers or the machine's cores."""
+        return self.torch_threads
 
     @property
     def is_maml(self) -> bool:
@@ -237,6 +233,11 @@ class ExperimentConfig:
     def validate(self, p: str = "") -> None:
         _check(len(self.envs) > 0, p, "envs", "at least one environment")
         _check(len(self.seeds) > 0, p, "seeds", "at least one seed")
+        _check(len(self.algos) > 0, p, "algos", "at least one algorithm")
+        for key in ("envs", "algos", "seeds"):
+            values = getattr(self, key)
+            dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+            _check(dup is None, p, key, f"{dup!r} is listed twice")
         for a in self.algos:
             _check(a in ALGOS, p, "algos", f"unknown algorithm {a!r} (known: {', '.join(ALGOS)})")
         for pair in self.pairs:

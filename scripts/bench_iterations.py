@@ -34,7 +34,7 @@ def peak_rss_mb() -> dict[str, float]:
 def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int) -> dict:
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
-    cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads)
+    cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads or cfg.torch_threads)
     torch.set_num_threads(cfg.learner_threads)
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="learner torch threads (0 = as many as sampler workers)")
+    p.add_argument("--threads", type=int, default=0, help="learner torch threads (0 = the preset's fixed count)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--cluster-cores", type=int, default=64)
     p.add_argument("--out")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -124,11 +123,6 @@ def test_persistent_adam_matches_torch_adam():
         assert torch.allclose(cur["w"], ref.detach(), atol=1e-12)
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
-    return [int(x) for x in out.split()]
-
-
 def _alive(pid: int) -> bool:
     """True if the process exists and is not a zombie."""
     try:
@@ -139,36 +133,52 @@ def _alive(pid: int) -> bool:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlbench.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "rlbench.cli", *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+#: Runs the CLI and SIGKILLs itself at a fixed point: the moment it saves the state of
+#: iteration ``argv[1]`` (after that iteration's metrics line and checkpoints were written),
+#: after recording its sampler workers' pids in ``argv[2]``. No polling, so no race.
+KILL_AT_ITERATION = """
+import multiprocessing as mp, os, signal, sys
+from rlbench import store
+kill_at, pid_file = int(sys.argv[1]), sys.argv[2]
+real_save = store.save_torch
+def save_torch(path, obj):
+    if str(path).endswith(store.STATE_FILE) and obj["iteration"] == kill_at:
+        with open(pid_file, "w") as f:
+            f.write(" ".join(str(p.pid) for p in mp.active_children()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(path, obj)
+store.save_torch = save_torch
+from rlbench.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     base = ["train", "--env", ENV, "--algo", "promp", "--seed", "5", "--budget", str(16 * UNIT), "--workers", "2", "--quiet", *SET_ARGS]
     ref = _cli(*base, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "rlbench.cli", *base, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (run / store.STATE_FILE).exists() and store.load_torch(run / store.STATE_FILE)["iteration"] >= 3:
-            break
-        time.sleep(0.05)
-    workers = _children(proc.pid)
+    run, pids = tmp_path / "killed", tmp_path / "pids"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_ITERATION, "4", str(pids), *base, "--out", str(run)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2  # the sampler's worker processes
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     # orphaned workers notice their parent is gone and exit (no processes left behind)
     deadline = time.time() + 15
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers)
     meta = store.read_meta(run)
-    assert meta["status"] == "running"  # really interrupted
+    assert meta["status"] == "running" and meta["iterations"] == 3  # really interrupted, at the chosen point
+    assert len(metrics_without_time(run)) == 4  # the killed iteration's line is there; resume drops it
     res = _cli(*base, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert store.read_meta(run)["status"] == "finished"
     assert metrics_without_time(run) == metrics_without_time(tmp_path / "ref")
-    for a, b in zip(checkpoints(run), checkpoints(tmp_path / "ref")):
+    for a, b in zip(checkpoints(run), checkpoints(tmp_path / "ref"), strict=True):
         assert a["env_steps"] == b["env_steps"]
         assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
 
@@ -219,19 +229,45 @@ def test_existing_results_are_never_overwritten(tmp_path, capsys):
     assert before == after
 
 
-def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys):
+def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys, monkeypatch):
+    """A NaN injected into the parameters at iteration 3: the run stops with exit 1, and the
+    saved state, metrics and checkpoints are exactly those of iteration 2."""
+    from rlbench.trainer import Trainer
+
+    real_iterate = Trainer.iterate
+
+    def iterate(self):
+        metrics = real_iterate(self)
+        if self.iteration == 3:
+            with torch.no_grad():
+                next(iter(self.agent.params.values())).view(-1)[0] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(Trainer, "iterate", iterate)
+    def args(out):  # a checkpoint mark at every sampling unit (= every DRS iteration)
+        return ["train", "--env", ENV, "--algo", "drs-ppo", "--seed", "1", "--budget", str(12 * UNIT), "--out", str(out), "--quiet",
+                *SET_ARGS, "--set", "n_checkpoints=13"]
+
     run = tmp_path / "r"
-    code = main(["train", "--env", ENV, "--algo", "drs-ppo", "--seed", "1", "--budget", str(12 * UNIT), "--out", str(run),
-                 "--quiet", *SET_ARGS, "--set", "algo_cfg.learning_rate=1e30"])
+    code = main(args(run))
     assert code == 1
-    assert "non-finite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "non-finite parameters at iteration 3" in err and "iteration 2" in err, err
     meta = store.read_meta(run)
     assert meta["status"] == "failed" and "non-finite" in meta["error"]
-    state = store.load_torch(run / store.STATE_FILE) if (run / store.STATE_FILE).exists() else None
-    if state is not None:  # the saved state is the last finite one
-        assert all(bool(v.isfinite().all()) for v in state["agent"]["params"].values())
-    for c in checkpoints(run):
+    state = store.load_torch(run / store.STATE_FILE)
+    assert state["iteration"] == 2
+    assert all(bool(v.isfinite().all()) for v in state["agent"]["params"].values())
+    assert [r["iteration"] for r in metrics_without_time(run)] == [1, 2]
+    saved = checkpoints(run)
+    assert [c["iteration"] for c in saved] == [0, 1, 2]  # one checkpoint per unit; none of iteration 3
+    for c in saved:
         assert all(bool(v.isfinite().all()) for v in c["params"].values())
+    # without the fault, the same run goes on from the kept state to the same iterations
+    monkeypatch.setattr(Trainer, "iterate", real_iterate)
+    ref = tmp_path / "ref"
+    assert main([*args(ref), "--max-iterations", "2"]) == 0
+    assert metrics_without_time(ref) == metrics_without_time(run)
 
 
 def test_run_grid_skips_finished_work(tmp_path):

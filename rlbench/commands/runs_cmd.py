@@ -22,6 +22,17 @@ def _int_steps(text: str) -> int:
     return int(value)
 
 
+def _count(text: str) -> int:
+    """A non-negative whole number (iterations, workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative whole number, got {text!r}")
+    return value
+
+
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     over = config.parse_set(args.set or [])
     algo: dict[str, Any] = {}
@@ -102,15 +113,15 @@ def register(sub) -> None:
     t.add_argument("--meta-gradient", choices=["second-order", "first-order", "hessian-free"])
     t.add_argument("--inner-steps", type=int, help="K inner steps (MAML)")
     t.add_argument("--inner-lr-over-k", action="store_true", help="use inner_lr / K")
-    t.add_argument("--workers", type=int, help="sampler worker processes (0 = one per core)")
+    t.add_argument("--workers", type=_count, help="sampler worker processes (0 = one per core)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    t.add_argument("--max-iterations", type=int, help="stop after this many iterations (resume later)")
+    t.add_argument("--max-iterations", type=_count, help="stop after this many iterations (resume later)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="meta-test evaluation of every checkpoint of runs")
     e.add_argument("run_dirs", nargs="+")
-    e.add_argument("--workers", type=int)
+    e.add_argument("--workers", type=_count)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
 
@@ -118,7 +129,7 @@ def register(sub) -> None:
     r.add_argument("experiment", help="preset name (paper, quick, smoke) or a YAML file")
     r.add_argument("--out", help="results directory (default: runs/<experiment name>)")
     r.add_argument("--parallel", type=int, default=1, help="runs at once on the local process pool")
-    r.add_argument("--workers-per-run", type=int, help="sampler workers per run")
+    r.add_argument("--workers-per-run", type=_count, help="sampler workers per run")
     r.add_argument("--ray-address", help="run the grid as Ray tasks: 'auto', an address, or 'local'")
     r.add_argument("--yes", action="store_true", help="start even if projected above --max-hours (skips calibrating)")
     r.add_argument("--max-hours", type=float, help="refuse grids projected above this many hours here without --yes "

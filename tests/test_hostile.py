@@ -1,0 +1,304 @@
+"""Bad inputs and damaged files through the real command line, one subprocess per case.
+
+Every case asserts: the exit status, exactly one line on stderr, no traceback, and that the
+directory the command pointed at holds byte-identical files afterwards (sha256 of every file
+before and after). The cases run concurrently in one module fixture (each is a separate
+``python -m rlbench.cli`` process), so the module costs about as much as its slowest few cases.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rlbench import store
+from rlbench.cli import main
+
+ENV = "rlbench/PointGoal-v0"
+BUDGET = 4000  # 5 DRS iterations of the smoke preset's unit (10 tasks x 4 episodes x 20 steps)
+TRAIN = ["train", "--env", ENV, "--algo", "drs-ppo", "--preset", "smoke", "--seed", "1", "--quiet"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_hash(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` (or of ``path`` itself), by relative name."""
+    path = Path(path)
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Case:
+    id: str
+    #: setup(work_dir, fixtures) -> (argv after "rlbench", the path that must stay unchanged or None)
+    setup: Callable[[Path, dict[str, Path]], tuple[list[str], Path | None]]
+    code: int = 2
+    needle: str = ""  # a piece of the one-line message
+    absent: bool = False  # the watched path must not exist afterwards (nothing created)
+    result: dict = field(default_factory=dict)
+
+
+def _copy(fx: dict[str, Path], name: str, work: Path) -> Path:
+    dst = work / "run"
+    shutil.copytree(fx[name], dst)
+    return dst
+
+
+def _train_args(out: Path, *extra: str) -> list[str]:
+    return [*TRAIN, "--budget", str(BUDGET), "--out", str(out), *extra]
+
+
+def _bad_set(*sets: str) -> Callable:
+    def setup(work, fx):
+        out = work / "new"
+        return _train_args(out, *[a for s in sets for a in ("--set", s)]), out
+
+    return setup
+
+
+def _bad_train(*extra: str) -> Callable:
+    def setup(work, fx):
+        out = work / "new"
+        return [*TRAIN, "--out", str(out), *extra], out
+
+    return setup
+
+
+def _damaged(name: str, rel: str, damage: Callable[[bytes], bytes], command: str = "resume") -> Callable:
+    def setup(work, fx):
+        run = _copy(fx, name, work)
+        p = run / rel
+        p.write_bytes(damage(p.read_bytes()))
+        if command == "resume":
+            return [*_train_args(run), "--resume"], run
+        return ["evaluate", str(run), "--quiet"], run
+
+    return setup
+
+
+def _experiment(text: str, *extra: str) -> Callable:
+    def setup(work, fx):
+        y = work / "exp.yaml"
+        y.write_text(text)
+        out = work / "out"
+        return ["run", str(y), "--out", str(out), "--quiet", *extra], out
+
+    return setup
+
+
+EXP_OK = "name: x\nenvs: [rlbench/PointGoal-v0]\nalgos: [drs-ppo]\nseeds: [1]\nbudget: 4000\nn_checkpoints: 2\n"
+
+
+def _out_is_file(command: str) -> Callable:
+    def setup(work, fx):
+        f = work / "afile"
+        f.write_text("keep me\n")
+        if command == "train":
+            return _train_args(f), f
+        return ["run", "smoke", "--out", str(f), "--quiet"], f
+
+    return setup
+
+
+def _out_under_file(work, fx):
+    f = work / "afile"
+    f.write_text("keep me\n")
+    return _train_args(f / "sub"), f
+
+
+def _foreign_dir(work, fx):
+    d = work / "foreign"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine\n")
+    return _train_args(d), d
+
+
+def _existing_run(*extra: str) -> Callable:
+    def setup(work, fx):
+        run = _copy(fx, "finished", work)
+        return [*_train_args(run), *extra], run
+
+    return setup
+
+
+#: Holds a flock on argv[1] until its stdin closes (the test ends it after every case ran).
+HOLDER = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()"
+
+
+def _locked(work, fx):
+    """Another process holds the run (a plain flock on its lock file, as a second rlbench would)."""
+    run = _copy(fx, "partial", work)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run / ".rlbench.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    fx.setdefault("_holders", []).append(holder)  # type: ignore[arg-type]
+    return [*_train_args(run), "--resume"], run
+
+
+def _flip(data: bytes) -> bytes:
+    mid = len(data) // 2
+    return data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
+
+
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _edit_csv_value(data: bytes) -> bytes:
+    lines = data.decode().splitlines(keepends=True)
+    cells = lines[1].split(",")
+    cells[-3] = str(float(cells[-3]) + 1.0)  # the "return" column: same shape, different number
+    lines[1] = ",".join(cells)
+    return "".join(lines).encode()
+
+
+def _binary_line_in_metrics(data: bytes) -> bytes:
+    lines = data.split(b"\n")
+    lines.insert(1, b"\x00\xff\xfe garbage")
+    return b"\n".join(lines)
+
+
+CASES = [
+    # -- arguments --------------------------------------------------------------------------------
+    Case("unknown-env", lambda w, fx: (["train", "--env", "rlbench/Nope-v0", "--algo", "promp", "--out", str(w / "n")], w / "n"),
+         needle="unknown environment", absent=True),
+    Case("unknown-algo", lambda w, fx: (["train", "--env", ENV, "--algo", "maml", "--out", str(w / "n")], w / "n"), needle="--algo",
+         absent=True),
+    Case("negative-budget", _bad_train("--budget", "-5"), needle="--budget", absent=True),
+    Case("fractional-budget", _bad_train("--budget", "1.5"), needle="--budget", absent=True),
+    Case("infinite-budget", _bad_train("--budget", "inf"), needle="--budget", absent=True),
+    Case("nan-budget", _bad_train("--budget", "nan"), needle="--budget", absent=True),
+    Case("budget-below-one-iteration", _bad_train("--budget", "100"), needle="smaller than one", absent=True),
+    Case("negative-max-iterations", _bad_train("--budget", "4000", "--max-iterations", "-1"), needle="--max-iterations", absent=True),
+    Case("negative-workers", _bad_train("--budget", "4000", "--workers", "-1"), needle="--workers", absent=True),
+    Case("negative-seed", lambda w, fx: ([*_train_args(w / "n"), "--seed", "-1"], w / "n"), needle="seed", absent=True),
+    Case("zero-inner-steps", lambda w, fx: (["train", "--env", ENV, "--algo", "promp", "--preset", "smoke", "--budget", "4000",
+                                             "--inner-steps", "0", "--out", str(w / "n")], w / "n"), needle="inner_steps", absent=True),
+    Case("unknown-preset", _bad_train("--preset", "nope"), needle="unknown experiment preset", absent=True),
+    Case("set-not-a-number", _bad_set("algo_cfg.inner_lr=fast"), needle="algo_cfg.inner_lr", absent=True),
+    Case("set-unknown-key", _bad_set("algo_cfg.inner_rl=0.1"), needle="inner_rl", absent=True),
+    Case("set-without-equals", _bad_set("algo_cfg.inner_lr"), needle="key=value", absent=True),
+    Case("set-infinite-learning-rate", _bad_set("algo_cfg.learning_rate=inf"), needle="algo_cfg.learning_rate: must be a finite", absent=True),
+    Case("set-infinite-init-std", _bad_set("policy.init_std=.inf"), needle="policy.init_std: must be a finite", absent=True),
+    Case("set-nan-gamma", _bad_set("advantage.gamma=.nan"), needle="advantage.gamma: must be a finite", absent=True),
+    Case("set-huge-integer-float", _bad_set("algo_cfg.clip=1e400"), needle="algo_cfg.clip", absent=True),
+    Case("set-negative-learning-rate", _bad_set("algo_cfg.learning_rate=-1"), needle="algo_cfg.learning_rate", absent=True),
+    Case("set-zero-torch-threads", _bad_set("torch_threads=0"), needle="torch_threads", absent=True),
+    Case("set-unknown-backend", _bad_set("sampler.backend=nope"), needle="sampler.backend", absent=True),
+    Case("set-unusable-backend", _bad_set("sampler.backend=mujoco-batched"), needle="does not support", absent=True),
+    Case("set-env-id", _bad_set("env_id=rlbench/HalfCheetahRandVel-v0"), needle="env_id cannot be overridden", absent=True),
+    # -- destinations -------------------------------------------------------------------------------
+    Case("train-out-is-a-file", _out_is_file("train"), needle="is an existing file"),
+    Case("run-out-is-a-file", _out_is_file("run"), needle="is an existing file"),
+    Case("train-out-under-a-file", _out_under_file, needle="is a file"),
+    Case("train-out-foreign-dir", _foreign_dir, needle="not an rlbench run directory"),
+    Case("train-existing-run-without-resume", _existing_run(), needle="--resume"),
+    Case("resume-with-other-config", _existing_run("--resume", "--set", "advantage.gamma=0.9"), needle="config differs in advantage.gamma"),
+    Case("resume-with-other-threads", _existing_run("--resume", "--set", "torch_threads=2"), needle="config differs in torch_threads"),
+    Case("resume-while-another-process-holds-it", _locked, needle="another process"),
+    # -- damaged run files ---------------------------------------------------------------------------
+    Case("truncated-run-json", _damaged("partial", "run.json", _half), needle="run.json is damaged"),
+    Case("truncated-state", _damaged("partial", "state.pt", _half), needle="state.pt is damaged"),
+    Case("empty-state", _damaged("partial", "state.pt", lambda d: b""), needle="state.pt is damaged"),
+    Case("bit-flipped-state", _damaged("partial", "state.pt", _flip), needle="state.pt is damaged"),
+    Case("binary-line-in-metrics", _damaged("partial", "metrics.jsonl", _binary_line_in_metrics), needle="metrics.jsonl is damaged"),
+    Case("garbage-config", _damaged("partial", "config.yaml", lambda d: b"algo: [\n"), needle="config.yaml"),
+    Case("config-unknown-key", _damaged("partial", "config.yaml", lambda d: d + b"extra_key: 1\n"), needle="extra_key"),
+    Case("truncated-checkpoint", _damaged("partial", "checkpoints/ckpt_000.pt", _half, "evaluate"), needle="ckpt_000.pt is damaged"),
+    Case("bit-flipped-checkpoint", _damaged("partial", "checkpoints/ckpt_000.pt", _flip, "evaluate"), needle="ckpt_000.pt is damaged"),
+    Case("truncated-eval-part", _damaged("finished", "evaluation/ckpt_001.csv", _half, "evaluate"), needle="ckpt_001.csv is damaged"),
+    Case("edited-eval-part", _damaged("finished", "evaluation/ckpt_001.csv", _edit_csv_value, "evaluate"), needle="ckpt_001.csv is damaged"),
+    Case("empty-eval-part", _damaged("finished", "evaluation/ckpt_000.csv", lambda d: b"", "evaluate"), needle="ckpt_000.csv is damaged"),
+    Case("evaluate-not-a-run", lambda w, fx: (["evaluate", str(w)], w), needle="not an rlbench run directory"),
+    Case("evaluate-negative-workers", lambda w, fx: (["evaluate", str(fx["finished"]), "--workers", "-1"], fx["finished"]), needle="--workers"),
+    # -- experiments ------------------------------------------------------------------------------------
+    Case("run-malformed-yaml", _experiment("name: x\nenvs: [a\n"), needle="malformed YAML", absent=True),
+    Case("run-budget-not-a-number", _experiment(EXP_OK.replace("budget: 4000", "budget: lots")), needle="budget", absent=True),
+    Case("run-budget-too-small", _experiment(EXP_OK.replace("budget: 4000", "budget: 10")), needle="smaller than one", absent=True),
+    Case("run-no-algorithms", _experiment(EXP_OK.replace("algos: [drs-ppo]", "algos: []")), needle="algos", absent=True),
+    Case("run-duplicate-seeds", _experiment(EXP_OK.replace("seeds: [1]", "seeds: [1, 1]")), needle="seeds: 1 is listed twice", absent=True),
+    Case("run-override-matches-nothing", _experiment(EXP_OK + "overrides:\n  drs-trpo: {seed: 3}\n"), needle="overrides.drs-trpo",
+         absent=True),
+    Case("run-override-infinite", _experiment(EXP_OK + "overrides:\n  all: {algo_cfg: {learning_rate: .inf}}\n"),
+         needle="algo_cfg.learning_rate", absent=True),
+    Case("run-unknown-backend", _experiment(EXP_OK + "overrides:\n  all: {sampler: {backend: warp}}\n"), needle="sampler.backend",
+         absent=True),
+    Case("run-parallel-zero", _experiment(EXP_OK, "--parallel", "0"), needle="--parallel", absent=True),
+    Case("run-unknown-preset", lambda w, fx: (["run", "nope", "--out", str(w / "o")], w / "o"), needle="unknown experiment preset",
+         absent=True),
+]
+
+
+def _cli(argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "rlbench.cli", *argv], capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> dict[str, Path]:
+    """A finished and evaluated run, and a run stopped after 2 iterations (not evaluated)."""
+    base = tmp_path_factory.mktemp("fixtures")
+    finished, partial = base / "finished", base / "partial"
+    assert main(_train_args(finished)) == 0
+    assert main(["evaluate", str(finished), "--quiet"]) == 0
+    assert main([*_train_args(partial), "--max-iterations", "2"]) == 0
+    return {"finished": finished, "partial": partial}
+
+
+@pytest.fixture(scope="module")
+def results(fixtures, tmp_path_factory) -> dict[str, Case]:
+    """Run every case concurrently (each in its own process) and record what it did."""
+    fx = dict(fixtures)
+    before_fixtures = {k: tree_hash(v) for k, v in fixtures.items()}
+    prepared = []
+    for case in CASES:
+        work = tmp_path_factory.mktemp(case.id)
+        argv, watched = case.setup(work, fx)
+        prepared.append((case, argv, watched, tree_hash(watched) if watched is not None and watched.exists() else None))
+    try:
+        with cf.ThreadPoolExecutor(max_workers=4) as pool:
+            done = list(pool.map(lambda p: _cli(p[1]), prepared))
+    finally:
+        for h in fx.get("_holders", []):  # type: ignore[union-attr]
+            h.kill()
+            h.wait()
+    for (case, argv, watched, before), proc in zip(prepared, done):
+        after = tree_hash(watched) if watched is not None and watched.exists() else None
+        case.result = {"argv": argv, "proc": proc, "before": before, "after": after, "watched": watched}
+    assert {k: tree_hash(v) for k, v in fixtures.items()} == before_fixtures  # cases work on copies
+    return {c.id: c for c in CASES}
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_bad_input_ends_cleanly(results, case_id):
+    case = results[case_id]
+    proc, r = case.result["proc"], case.result
+    err = proc.stderr.strip()
+    assert proc.returncode == case.code, f"{r['argv']}: exit {proc.returncode}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(err.splitlines()) == 1, proc.stderr
+    assert err.startswith("rlbench: error:"), err
+    assert case.needle in err, err
+    if case.absent:
+        assert not r["watched"].exists(), f"{r['watched']} was created"
+    else:
+        assert r["after"] == r["before"], f"{r['watched']} changed"
+    # no temporary files of atomic writes are left anywhere the command could write
+    if r["watched"] is not None and r["watched"].is_dir():
+        assert not list(r["watched"].rglob(f".*{store.TMP_SUFFIX}"))
