@@ -76,15 +76,7 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train and evaluate the grid, then write the comparison. Returns a summary dict."""
     out = Path(out)
-    presets.check_override_keys(exp)
-    configs = presets.experiment_run_configs(exp)
-    locking.check_out_path(out)
-    if out.is_dir() and not (out / EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):
-        from rlbench.errors import UsageError
-
-        raise UsageError(f"{out} exists and holds no {EXPERIMENT_FILE}; choose an empty or new --out")
-    for cfg in configs:  # every run is checked before anything is written
-        check_run(cfg, run_dir_for(out, cfg))
+    configs = check_experiment(exp, out)
     # Also before writing anything: an unusable Ray head is a one-line error within ~30 s.
     ray_started = _ray_connect(ray_address) if ray_address else False
     try:
@@ -97,6 +89,22 @@ def run_experiment(
 
             ray.shutdown()
         raise
+
+
+def check_experiment(exp: ExperimentConfig, out: Path) -> list[RunConfig]:
+    """Every check of ``run_experiment`` that needs no lock and writes nothing (override keys,
+    the destination, every run's config); returns the grid's run configs."""
+    out = Path(out)
+    presets.check_override_keys(exp)
+    configs = presets.experiment_run_configs(exp)
+    locking.check_out_path(out)
+    if out.is_dir() and not (out / EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):
+        from rlbench.errors import UsageError
+
+        raise UsageError(f"{out} exists and holds no {EXPERIMENT_FILE}; choose an empty or new --out")
+    for cfg in configs:  # every run is checked before anything is written
+        check_run(cfg, run_dir_for(out, cfg))
+    return configs
 
 
 def _run_experiment(exp: ExperimentConfig, out: Path, configs: list[RunConfig], parallel: int, ray_address: str | None,

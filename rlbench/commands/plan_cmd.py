@@ -69,13 +69,14 @@ def max_hours_default() -> float:
         raise UsageError(f"RLBENCH_MAX_HOURS must be a number of hours, got {text!r}") from None
 
 
-def preflight(exp, yes: bool, max_hours: float | None) -> None:
+def preflight(exp, yes: bool, max_hours: float | None, quiet: bool = False) -> None:
     """``rlbench run``'s check: print the plan's summary; refuse above the threshold without ``yes``.
 
     With ``yes`` nothing is calibrated that is not cached already (the summary then may lack hours)."""
     limit = max_hours_default() if max_hours is None else max_hours
     p = make_plan(exp, cached_only=yes)
-    print(p["summary"], file=sys.stderr)
+    if not quiet:
+        print(p["summary"], file=sys.stderr)
     hours = p["totals"]["wall_h_here"]
     if not yes and hours is not None and hours > limit:
         from rlbench.plan import human_hours

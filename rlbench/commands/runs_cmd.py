@@ -89,8 +89,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--parallel must be >= 1")
     out = Path(args.out or Path("runs") / exp.name)
     from rlbench.commands.plan_cmd import preflight
+    from rlbench.grid import check_experiment
 
-    preflight(exp, yes=args.yes, max_hours=args.max_hours)  # prints the plan's summary; refuses a too-long grid
+    check_experiment(exp, out)  # bad input fails before the plan prints or calibrates anything
+    preflight(exp, yes=args.yes, max_hours=args.max_hours, quiet=args.quiet)  # prints the plan's summary; refuses a too-long grid
     summary = run_experiment(exp, out, parallel=args.parallel, ray_address=args.ray_address, quiet=args.quiet,
                              workers_per_run=args.workers_per_run)
     comp = summary.get("comparison", {})
