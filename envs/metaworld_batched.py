@@ -43,7 +43,13 @@ import mujoco
 import numpy as np
 from scipy.spatial.transform import _rotation_cy
 
-from envs.metaworld_fast import _BAD_WARNINGS, DEFAULT_REWARD_VERSION, FastStepper, check_reward_version, supports
+from envs.metaworld_fast import (
+    _BAD_WARNINGS,
+    DEFAULT_REWARD_VERSION,
+    FastStepper,
+    check_reward_version,
+    supports,
+)
 
 #: Classes whose observation, reward and success are computed batched (under reward "v2").
 VECTORISED = ("push-v3", "reach-v3")
@@ -53,6 +59,9 @@ _BODIES = ("hand", "rightclaw", "leftclaw", "obj", "leftpad", "rightpad")
 _SITES = ("rightEndEffector", "leftEndEffector")
 _GEOMS = ("objGeom",)
 _HAND, _RCLAW, _LCLAW, _OBJ, _LPAD, _RPAD = range(6)
+_MOCAP_QUAT = np.array([1, 0, 1, 0])  # SawyerXYZEnv.set_xyz_action's mocap_quat
+_NWARN = _BAD_WARNINGS[-1] - _BAD_WARNINGS[0] + 1
+assert tuple(range(_BAD_WARNINGS[0], _BAD_WARNINGS[-1] + 1)) == _BAD_WARNINGS  # contiguous in mjtWarning
 
 #: reward_utils.tolerance's default value at the margin and the long-tail scale it implies.
 _VALUE_AT_MARGIN = 0.1
@@ -99,6 +108,7 @@ class _Group:
         if (self.bodies < 0).any() or (self.sites < 0).any() or self.geom < 0:
             raise ValueError(f"{name}: model lacks a body/site/geom the batched step reads")
         self.frame_skip = int(self.inner[0].frame_skip)
+        self.nq, self.nv = int(m0.nq), int(m0.nv)
         self.action_scale = self.inner[0].action_scale
         self.mocap_low = self.inner[0].mocap_low
         self.mocap_high = self.inner[0].mocap_high
@@ -120,7 +130,7 @@ class _Group:
     def _views(env: Any) -> tuple:
         d = env.data
         return (env.model, d, d.mocap_pos, d.mocap_quat, d.ctrl, d.xpos, d.site_xpos, d.geom_xmat,
-                d.warning.number, d.qpos, d.qvel)
+                d.warning.number[_BAD_WARNINGS[0]:_BAD_WARNINGS[-1] + 1], d.qpos, d.qvel)
 
     def load(self, k: int) -> None:
         """Read slot k's state after a reset (the env object holds the package's reset state)."""
@@ -155,23 +165,28 @@ class _Group:
         xb = np.empty((m, len(_BODIES), 3))
         xs = np.empty((m, len(_SITES), 3))
         xm = np.empty((m, 9))
-        bad = np.zeros(m, dtype=bool)
+        warn0 = np.empty((m, _NWARN), dtype=np.int64)
+        warn1 = np.empty((m, _NWARN), dtype=np.int64)
+        qpos_all = np.empty((m, self.nq))
+        qvel_all = np.empty((m, self.nv))
         step, forward = mujoco.mj_step, mujoco.mj_forward
-        bodies, sites, geom, fs = self.bodies, self.sites, self.geom, self.frame_skip
-        warn_ids = list(_BAD_WARNINGS)
+        bodies, sites, geom, fs, quat = self.bodies, self.sites, self.geom, self.frame_skip, _MOCAP_QUAT
         views = self.views
         for j, k in enumerate(rows.tolist()):
             model, data, mpos, mquat, dctrl, xpos, sxpos, gxmat, wnum, qpos, qvel = views[k]
-            w0 = wnum[warn_ids].sum()
+            warn0[j] = wnum
             mpos[0] = mocap[j]
-            mquat[0] = (1.0, 0.0, 1.0, 0.0)
+            mquat[0] = quat
             dctrl[:] = ctrl[j]
             step(model, data, fs)
             forward(model, data)
             xb[j] = xpos[bodies]
             xs[j] = sxpos[sites]
             xm[j] = gxmat[geom]
-            bad[j] = wnum[warn_ids].sum() != w0 or not (np.isfinite(qpos).all() and np.isfinite(qvel).all())
+            warn1[j] = wnum
+            qpos_all[j] = qpos
+            qvel_all[j] = qvel
+        bad = (warn1 != warn0).any(axis=1) | ~np.isfinite(qpos_all).all(axis=1) | ~np.isfinite(qvel_all).all(axis=1)
         # Observation (SawyerXYZEnv._get_curr_obs_combined_no_goal / _get_obs, then the clip in step).
         curr = np.zeros((m, 18))
         curr[:, 0:3] = xb[:, _HAND]
@@ -233,7 +248,6 @@ class _Group:
             den32 = c32 + g32 - (c32 * g32)
             h32 = np.where(den32 > 0, (c32 * g32) / den32, np.float32(0))
             cg32 = (h32 + c32) / np.float32(2)
-        object_grasped = np.where(f32, cg32.astype(np.float64), cg64)
         # reward = 2 * object_grasped; near the object with the gripper open:
         # reward += 1.0 + reward + 5.0 * in_place (in float32 when object_grasped is float32).
         near = (tcp_to_obj < 0.02) & (tcp_opened > 0)

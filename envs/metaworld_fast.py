@@ -53,10 +53,9 @@ from typing import Any
 
 import mujoco
 import numpy as np
-from scipy.spatial.transform import Rotation
-from scipy.spatial.transform import _rotation_cy
+from scipy.spatial.transform import Rotation, _rotation_cy
 
-from envs.meta_world import ACT_DIM, DEFAULT_HORIZON, BENCHMARK_SEED, MetaWorldMetaEnv
+from envs.meta_world import ACT_DIM, BENCHMARK_SEED, DEFAULT_HORIZON, MetaWorldMetaEnv
 
 #: Reward versions of metaworld 3.1.1 (``reward_function_version`` of every v3 class).
 REWARD_VERSIONS = ("v1", "v2")
@@ -69,6 +68,7 @@ _BAD_WARNINGS = (
     int(mujoco.mjtWarning.mjWARN_BADQVEL),
     int(mujoco.mjtWarning.mjWARN_BADQACC),
 )
+assert _BAD_WARNINGS == tuple(range(_BAD_WARNINGS[0], _BAD_WARNINGS[0] + 3))  # contiguous: sliced below
 
 
 # --------------------------------------------------------------------------------------
@@ -234,8 +234,8 @@ class _FastSawyer:
         if self.curr_path_length >= self.max_path_length:
             raise ValueError("You must reset the env manually once truncate==True")
         model, data = self.model, self.data
-        warn = data.warning
-        before = [warn[w].number for w in _BAD_WARNINGS]
+        warn = data.warning.number[_BAD_WARNINGS[0]:_BAD_WARNINGS[-1] + 1]  # a view
+        before = warn.copy()
         # gymnasium MujocoEnv.do_simulation / _step_mujoco_simulation, minus mj_rnePostConstraint.
         data.ctrl[:] = [action[-1], -action[-1]]
         mujoco.mj_step(model, data, nstep=self.frame_skip)
@@ -252,8 +252,7 @@ class _FastSawyer:
         self._last_stable_obs = obs
         reward, info = self.evaluate_state(obs, action)
         unstable = (
-            any(warn[w].number != b for w, b in zip(_BAD_WARNINGS, before))
-            or not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all())
+            (warn != before).any() or not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all())
         )
         if unstable:
             info["unstable"] = True

@@ -83,6 +83,14 @@ PATHS = {
 }
 
 
+def path_of(backend: str, env_id: str) -> str:
+    """The code path a sampler with ``backend`` (``"auto"`` resolved) runs for ``env_id``."""
+    from rlbench.sampler import resolve_backend
+
+    name = resolve_backend(backend, env_id)
+    return f"{name}: {PATHS.get(name, 'registered backend')}"
+
+
 def register(steppers: dict[str, Callable[..., Any]]) -> None:
     """Add this module's backends to ``steppers`` (the sampler's STEPPERS). Order matters:
     ``backend="auto"`` takes the first that supports the environment."""

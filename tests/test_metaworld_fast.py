@@ -64,6 +64,10 @@ def _make_task(name: str, seed: int, partially_observable: bool):
     return metaworld._encode_task(name, {"rand_vec": rand_vec, "env_cls": cls, "partially_observable": partially_observable})
 
 
+def _nan(x) -> bool:
+    return isinstance(x, (float, np.floating)) and bool(np.isnan(x))
+
+
 def assert_same(a, b, what: str) -> None:
     """Bit-identity including types (dict: same keys in the same order)."""
     if isinstance(a, np.ndarray):
@@ -81,7 +85,7 @@ def assert_same(a, b, what: str) -> None:
             assert_same(a[k], b[k], f"{what}[{k!r}]")
     else:
         assert type(a) is type(b), f"{what}: {type(a).__name__} vs {type(b).__name__}"
-        assert a == b or (a != a and b != b), f"{what}: {a!r} vs {b!r}"
+        assert a == b or (_nan(a) and _nan(b)), f"{what}: {a!r} vs {b!r}"
 
 
 def run_pair(ref, fast, tasks, episode_steps, rng, expert_every=2):
@@ -244,10 +248,10 @@ def test_unstable_simulation_ends_the_episode():
         inner.data.qvel[:] = 1e12  # diverged velocities: MuJoCo's bad-qvel check fires
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obs, rew, term, succ, unstable = stepper.step(np.zeros((2, 4)), np.ones(2, bool), np.array([7, 8]))
+            obs, _rew, term, _succ, unstable = stepper.step(np.zeros((2, 4)), np.ones(2, bool), np.array([7, 8]))
         assert unstable.tolist() == [True, False] and term.tolist() == [True, False]
         assert_same(obs[0], obs0[0], "auto-reset observation")  # Meta-World resets ignore the seed
-        obs, rew, term, succ, unstable = stepper.step(np.zeros((2, 4)), np.ones(2, bool))
+        obs, _rew, term, _succ, unstable = stepper.step(np.zeros((2, 4)), np.ones(2, bool))
         assert not unstable.any() and np.isfinite(obs).all()
     finally:
         stepper.close()
