@@ -30,8 +30,8 @@ Other classes, and every class under ``reward_function_version="v1"``, are stepp
 by the fast path (bit-identical to the package as well) inside the same stepper.
 
 Instability: a slot whose step raised one of MuJoCo's bad qpos/qvel/qacc warnings (MuJoCo 3
-then resets that ``MjData`` instead of failing) or left a non-finite state ends its episode
-(``terminated`` and ``unstable`` True), like the fast path.
+then resets that ``MjData`` instead of failing) or returned a non-finite observation or reward
+ends its episode (``terminated`` and ``unstable`` True): the fast path's rule.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class _Group:
         if (self.bodies < 0).any() or (self.sites < 0).any() or self.geom < 0:
             raise ValueError(f"{name}: model lacks a body/site/geom the batched step reads")
         self.frame_skip = int(self.inner[0].frame_skip)
-        self.nq, self.nv = int(m0.nq), int(m0.nv)
+        self.nbody, self.nsite = int(m0.nbody), int(m0.nsite)
         self.action_scale = self.inner[0].action_scale
         self.mocap_low = self.inner[0].mocap_low
         self.mocap_high = self.inner[0].mocap_high
@@ -123,6 +123,7 @@ class _Group:
         self.obj_init = np.zeros((n, 3))
         self.init_tcp = np.zeros((n, 3))
         self.hand_init = np.zeros((n, 3))
+        self.warn = np.zeros((n, _NWARN), dtype=np.int64)
         for k in range(n):
             self.load(k)
 
@@ -130,7 +131,7 @@ class _Group:
     def _views(env: Any) -> tuple:
         d = env.data
         return (env.model, d, d.mocap_pos, d.mocap_quat, d.ctrl, d.xpos, d.site_xpos, d.geom_xmat,
-                d.warning.number[_BAD_WARNINGS[0]:_BAD_WARNINGS[-1] + 1], d.qpos, d.qvel)
+                d.warning.number[_BAD_WARNINGS[0]:_BAD_WARNINGS[-1] + 1])
 
     def load(self, k: int) -> None:
         """Read slot k's state after a reset (the env object holds the package's reset state)."""
@@ -138,6 +139,7 @@ class _Group:
         if env.model.nmocap != 1:
             raise ValueError(f"{self.name}: expected one mocap body")
         self.mocap[k] = env.data.mocap_pos[0]
+        self.warn[k] = self.views[k][-1]
         self.prev[k] = env._prev_obs
         space = env.sawyer_observation_space
         self.low[k], self.high[k] = space.low, space.high
@@ -162,31 +164,29 @@ class _Group:
         ctrl = np.empty((m, 2))
         ctrl[:, 0] = a[:, 3]
         ctrl[:, 1] = -a[:, 3]
-        xb = np.empty((m, len(_BODIES), 3))
-        xs = np.empty((m, len(_SITES), 3))
+        xpos_all = np.empty((m, self.nbody, 3))
+        sxpos_all = np.empty((m, self.nsite, 3))
         xm = np.empty((m, 9))
-        warn0 = np.empty((m, _NWARN), dtype=np.int64)
-        warn1 = np.empty((m, _NWARN), dtype=np.int64)
-        qpos_all = np.empty((m, self.nq))
-        qvel_all = np.empty((m, self.nv))
+        warn = np.empty((m, _NWARN), dtype=np.int64)
         step, forward = mujoco.mj_step, mujoco.mj_forward
-        bodies, sites, geom, fs, quat = self.bodies, self.sites, self.geom, self.frame_skip, _MOCAP_QUAT
+        geom, fs, quat = self.geom, self.frame_skip, _MOCAP_QUAT
         views = self.views
         for j, k in enumerate(rows.tolist()):
-            model, data, mpos, mquat, dctrl, xpos, sxpos, gxmat, wnum, qpos, qvel = views[k]
-            warn0[j] = wnum
+            model, data, mpos, mquat, dctrl, xpos, sxpos, gxmat, wnum = views[k]
             mpos[0] = mocap[j]
             mquat[0] = quat
             dctrl[:] = ctrl[j]
             step(model, data, fs)
             forward(model, data)
-            xb[j] = xpos[bodies]
-            xs[j] = sxpos[sites]
+            xpos_all[j] = xpos
+            sxpos_all[j] = sxpos
             xm[j] = gxmat[geom]
-            warn1[j] = wnum
-            qpos_all[j] = qpos
-            qvel_all[j] = qvel
-        bad = (warn1 != warn0).any(axis=1) | ~np.isfinite(qpos_all).all(axis=1) | ~np.isfinite(qvel_all).all(axis=1)
+            warn[j] = wnum
+        xb = xpos_all[:, self.bodies]
+        xs = sxpos_all[:, self.sites]
+        # MuJoCo's bad qpos/qvel/qacc counters moved during this step (it then resets MjData).
+        warned = (warn != self.warn[rows]).any(axis=1)
+        self.warn[rows] = warn
         # Observation (SawyerXYZEnv._get_curr_obs_combined_no_goal / _get_obs, then the clip in step).
         curr = np.zeros((m, 18))
         curr[:, 0:3] = xb[:, _HAND]
@@ -204,6 +204,7 @@ class _Group:
             rew, succ = self._reach(rows, tcp)
         else:
             rew, succ = self._push(rows, obs, tcp, xb, a)
+        bad = warned | ~np.isfinite(obs).all(axis=1) | ~np.isfinite(rew)
         return obs, rew, succ, bad
 
     # -- rewards (reward_function_version "v2") ----------------------------------------------

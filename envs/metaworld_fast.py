@@ -39,9 +39,9 @@ on the restoring instance's own data).
 
 Simulation instability: MuJoCo 3 no longer raises on a diverging simulation (it resets
 ``MjData`` and counts a warning), and metaworld 3.1.1 no longer detects it. The fast step
-flags ``info["unstable"] = True`` when, after the step, the state is non-finite or MuJoCo
-raised one of its bad-qpos/qvel/qacc warnings during the step; the package's outputs are
-left as they are. :class:`FastMetaWorldMetaEnv` then ends the episode (``terminated``).
+flags ``info["unstable"] = True`` when MuJoCo raised one of its bad-qpos/qvel/qacc warnings
+during the step or the observation or reward is non-finite (the plain sampler path's test);
+the package's outputs are left as they are. :class:`FastMetaWorldMetaEnv` then ends the episode (``terminated``).
 """
 
 from __future__ import annotations
@@ -251,9 +251,7 @@ class _FastSawyer:
         obs = np.clip(self._get_obs(), a_max=space.high, a_min=space.low, dtype=np.float64)
         self._last_stable_obs = obs
         reward, info = self.evaluate_state(obs, action)
-        unstable = (
-            (warn != before).any() or not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all())
-        )
+        unstable = bool((warn != before).any()) or not (np.isfinite(obs).all() and np.isfinite(reward))
         if unstable:
             info["unstable"] = True
         truncate = self.curr_path_length == self.max_path_length

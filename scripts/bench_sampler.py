@@ -37,7 +37,7 @@ under ``all``/``all_runs``.
     its own): ``package_loop`` = the package's own env (``ALL_V3_ENVIRONMENTS[name]``, one
     benchmark task per episode, uniform float32 actions, ``env.reset()`` every 150 steps) in a
     bare Python loop on one core; and ``Sampler.collect`` with the policy in the loop,
-    ``n_workers=1`` (one core), for each backend of ``--mw-backends`` (``gym`` = the plain
+    ``n_workers=1`` (one core), sampling unit "steps" (the run default), for each backend of ``--mw-backends`` (``gym`` = the plain
     package path, ``metaworld-fast``, ``metaworld-batched``). ``ratios`` divide each sampler
     line by the package loop of the same environment, measured in the same repeat.
 
@@ -387,12 +387,12 @@ class _MWTimed:
         self.sampler = Sampler(env_id, n_workers=1, backend=backend)
         policy = GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, (100, 100), init_std=1.0, action_scale=10.0)
         self.actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
-        self.sampler.collect(tasks, episodes, self.actor, np.random.default_rng(0))  # env pool, reset cache
+        self.sampler.collect(tasks, episodes, self.actor, np.random.default_rng(0), unit="steps")  # env pool, reset cache
         self.rates: list[float] = []
 
     def measure(self, rep: int) -> float:
         t0 = time.perf_counter()
-        batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1))
+        batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1), unit="steps")
         rate = batch.env_steps / (time.perf_counter() - t0)
         self.rates.append(rate)
         return rate

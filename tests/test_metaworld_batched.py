@@ -143,3 +143,62 @@ def test_registration_and_paths():
 def test_ml10_mixed_classes_bit_identical(version):
     """ML10 batches mix vectorised classes (push, reach) with per-slot fast-path classes."""
     compare("rlbench/ML10-v0", version, rounds=((6, 2, 150), (8, 1, 150)), seed=4)
+
+
+# -- through the Sampler -----------------------------------------------------------------------
+
+FIELDS = ["obs", "actions", "rewards", "valid", "lengths", "terminated", "truncated", "last_obs", "ep_time",
+          "ep_end", "ep_term", "ep_success"]
+
+
+def _collect(env_id: str, backend: str, n_workers: int, horizon: int, unit: str):
+    import torch
+
+    from agents.policy import GaussianMLPPolicy
+    from rlbench.sampler import Sampler
+
+    tasks = envs.get_task_distribution(env_id).sample(2, np.random.default_rng(0))
+    with Sampler(env_id, horizon=horizon, n_workers=n_workers, backend=backend) as sampler:
+        policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, (32, 32), init_std=1.0, action_scale=10.0)
+        actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
+        batches = [sampler.collect(tasks, 3, actor, np.random.default_rng(s), unit=unit) for s in (1, 2)]
+        return batches, sampler.total_steps
+
+
+@pytest.mark.parametrize(("env_id", "unit"), [("rlbench/ML1-Push-v0", "episodes"), ("rlbench/ML1-Reach-v0", "steps")])
+def test_sampler_batches_identical_across_metaworld_backends(env_id, unit):
+    """The whole Batch is the same for the plain package path and both fast backends, with one
+    in-process stepper and with two worker processes."""
+    reference, ref_total = _collect(env_id, "gym", 1, 30, unit)
+    for backend, n_workers in (("metaworld-batched", 1), ("metaworld-fast", 1), ("metaworld-batched", 2)):
+        batches, total = _collect(env_id, backend, n_workers, 30, unit)
+        assert total == ref_total
+        for ref, got in zip(reference, batches):
+            assert got.env_steps == ref.env_steps and got.unstable == ref.unstable == 0
+            for f in FIELDS:
+                _same(f"{env_id} {backend} x{n_workers} {f}", getattr(ref, f), getattr(got, f))
+
+
+def test_unstable_slot_ends_and_auto_resets():
+    """A diverged slot (MuJoCo's bad-qvel check fires and it resets MjData) is reported as
+    unstable and terminated, auto-reset to its task, and the other slots are unaffected."""
+    env_id = "rlbench/ML1-Push-v0"
+    tasks = envs.get_task_distribution(env_id).sample(3, np.random.default_rng(0))
+    stepper = BatchedMetaWorldStepper(env_id, 20)
+    plain = [_plain(env_id, 20, "v2") for _ in tasks]
+    try:
+        obs0 = stepper.reset(tasks, np.arange(3))
+        for env, task in zip(plain, tasks):
+            env.set_task(task)
+            env.reset(seed=0)
+        stepper._fast._slots[1]._inner.data.qvel[:] = 1e12
+        actions = np.random.default_rng(1).uniform(-1, 1, (3, 4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obs, _rew, term, _succ, unstable = stepper.step(actions, np.ones(3, bool), np.array([5, 6, 7]))
+        assert unstable.tolist() == [False, True, False] and term.tolist() == [False, True, False]
+        _same("auto-reset obs", obs0[1], obs[1])
+        for i in (0, 2):
+            _same(f"slot {i}", plain[i].step(actions[i])[0], obs[i])
+    finally:
+        stepper.close()
