@@ -95,15 +95,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--cluster-cores", type=int, default=64)
     p.add_argument("--out")
-    p.add_argument("--keep-rows-from", default=None,
-                   help="an earlier JSON of this script: its rows of environments not in --envs are carried over "
-                        "(marked carried_from) so the projection covers the whole grid")
     a = p.parse_args()
     rows = []
-    if a.keep_rows_from:
-        with open(a.keep_rows_from) as f:
-            old = json.load(f)
-        rows = [{**r, "carried_from": a.keep_rows_from} for r in old["rows"] if r["env"] not in a.envs]
     for env_id in a.envs:
         for algo in a.algos:
             rows.append(bench(env_id, algo, a.iterations, a.fraction, a.workers, a.threads))

@@ -437,11 +437,10 @@ def bench_metaworld_paths(args) -> dict[str, Any]:
             "ML1-Reach": out.get("ML1-Reach", {}).get("ratio_over_package_loop", {}).get(b),
             "ML10_train_mean": float(np.mean(ml10)) if ml10 else None,
         }
-    best = {k: max((summary[b][k] or 0.0) for b in summary) for k in ("ML1-Push", "ML1-Reach", "ML10_train_mean")}
-    targets_met = {
-        "ML1-Push >= 5x": best["ML1-Push"] >= 5, "ML1-Reach >= 2.5x": best["ML1-Reach"] >= 2.5,
-        "ML10 train mean >= 2x": best["ML10_train_mean"] >= 2,
-    }
+    best = {k: max(summary[b][k] for b in summary) for k in ("ML1-Push", "ML1-Reach", "ML10_train_mean")
+            if all(summary[b][k] is not None for b in summary)}
+    goals = {"ML1-Push": 5.0, "ML1-Reach": 2.5, "ML10_train_mean": 2.0}  # issue targets, x the package loop
+    targets_met = {f"{k} >= {goals[k]}x": v >= goals[k] for k, v in best.items()}
     return {"envs": out, "summary_ratio_over_package_loop": summary, "targets_best_backend": best, "targets_met": targets_met}
 
 

@@ -179,9 +179,10 @@ def test_sampler_batches_identical_across_metaworld_backends(env_id, unit):
                 _same(f"{env_id} {backend} x{n_workers} {f}", getattr(ref, f), getattr(got, f))
 
 
-def test_unstable_slot_ends_and_auto_resets():
+def test_unstable_slot_ends_and_auto_resets(tmp_path, monkeypatch):
     """A diverged slot (MuJoCo's bad-qvel check fires and it resets MjData) is reported as
     unstable and terminated, auto-reset to its task, and the other slots are unaffected."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT on the warning
     env_id = "rlbench/ML1-Push-v0"
     tasks = envs.get_task_distribution(env_id).sample(3, np.random.default_rng(0))
     stepper = BatchedMetaWorldStepper(env_id, 20)

@@ -237,9 +237,10 @@ def test_reward_version_is_validated():
         FastStepper("rlbench/PointGoal-v0", 10)
 
 
-def test_unstable_simulation_ends_the_episode():
+def test_unstable_simulation_ends_the_episode(tmp_path, monkeypatch):
     """A state MuJoCo rejects (it resets MjData and counts a warning; metaworld does not
     notice) is reported as unstable, ends the episode and is auto-reset by the stepper."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT on the warning
     stepper = FastStepper("rlbench/ML1-Reach-v0", 20)
     try:
         tasks = envs.get_task_distribution("rlbench/ML1-Reach-v0").sample(2, np.random.default_rng(0))
