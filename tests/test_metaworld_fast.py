@@ -262,11 +262,11 @@ def test_unstable_simulation_ends_the_episode(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("benchmark", ["ML10", "ML45"])
+@pytest.mark.parametrize("bench_name", ["ML10", "ML45"])  # not "benchmark": pytest-benchmark's fixture
 @pytest.mark.parametrize("version", ["v2", "v1"])
-def test_benchmark_classes_500_steps(benchmark, version):
+def test_benchmark_classes_500_steps(bench_name, version):
     clear_reset_cache()
-    bench = get_benchmark(benchmark)
+    bench = get_benchmark(bench_name)
     rng = np.random.default_rng(11)
     by_class: dict[str, list] = {}
     for t in list(bench.train_tasks) + list(bench.test_tasks):
