@@ -74,9 +74,10 @@ def _supports_metaworld(env_id: str) -> bool:
 metaworld_batched.supports = _supports_metaworld  # type: ignore[attr-defined]
 metaworld_fast.supports = _supports_metaworld  # type: ignore[attr-defined]
 
-#: Which simulation code path each backend runs (recorded in run.json's comparability record).
+#: Which simulation code path each backend runs (run.json records it as ``sampler_path``; not a
+#: comparability key, since every backend is bit-identical to "gym" by test).
 PATHS = {
-    "gym": "package env.step",
+    "gym": "one MetaEnv per slot (Meta-World: the package's own env.step)",
     "mujoco-batched": "batched mujoco (envs.locomotion_batched)",
     "metaworld-batched": "push/reach batched, other classes fast path (envs.metaworld_batched)",
     "metaworld-fast": "fast path + reset cache (envs.metaworld_fast)",
