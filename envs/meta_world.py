@@ -321,12 +321,17 @@ class MetaWorldMetaEnv(MetaEnv):
         self._t += 1
         truncated = bool(truncated) or self._t >= self._horizon
         info = dict(info)
-        if self.reward_function_version != SUCCESS_CRITERION and not self._inner._did_see_sim_exception:
-            info["success"] = success_flag(self._inner, obs, a)
-        info["success"] = float(bool(info.get("success", 0.0)))
+        info["success"] = self._success(info, obs, a)
         if terminated or truncated:
             self._needs_reset = True
         return np.array(obs, dtype=np.float64), float(reward), bool(terminated), truncated, info
+
+    def _success(self, info: dict, obs: np.ndarray, a: np.ndarray) -> float:
+        """The step's success flag, always by the :data:`SUCCESS_CRITERION` (the package's v1
+        environments derive ``info["success"]`` from their own reward branch)."""
+        if self.reward_function_version != SUCCESS_CRITERION and not self._inner._did_see_sim_exception:
+            return success_flag(self._inner, obs, a)
+        return float(bool(info.get("success", 0.0)))
 
     def close(self) -> None:
         if self._inner is not None:

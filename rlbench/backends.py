@@ -45,6 +45,56 @@ mujoco_batched.supports = _supports_locomotion  # type: ignore[attr-defined]
 mujoco_batched.threaded = True  # type: ignore[attr-defined]
 
 
+def metaworld_batched(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
+    """Meta-World with push-v3 and reach-v3 stepped batched (observation, reward and success
+    vectorised per class) and every other class by the fast path
+    (:class:`envs.metaworld_batched.BatchedMetaWorldStepper`); bit-identical to ``"gym"``.
+    """
+    from envs.metaworld_batched import BatchedMetaWorldStepper
+
+    return BatchedMetaWorldStepper(env_id, horizon, env_kwargs)
+
+
+def metaworld_fast(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
+    """Meta-World, one fast package environment per slot (cached ids, vectorised contact test,
+    dead calls dropped) with a reset cache (:class:`envs.metaworld_fast.FastStepper`);
+    bit-identical to ``"gym"``.
+    """
+    from envs.metaworld_fast import FastStepper
+
+    return FastStepper(env_id, horizon, env_kwargs)
+
+
+def _supports_metaworld(env_id: str) -> bool:
+    from envs.metaworld_fast import supports
+
+    return supports(env_id)
+
+
+metaworld_batched.supports = _supports_metaworld  # type: ignore[attr-defined]
+metaworld_fast.supports = _supports_metaworld  # type: ignore[attr-defined]
+
+#: Which simulation code path each backend runs (run.json records it as ``sampler_path``; not a
+#: comparability key, since every backend is bit-identical to "gym" by test).
+PATHS = {
+    "gym": "one MetaEnv per slot (Meta-World: the package's own env.step)",
+    "mujoco-batched": "batched mujoco (envs.locomotion_batched)",
+    "metaworld-batched": "push/reach batched, other classes fast path (envs.metaworld_batched)",
+    "metaworld-fast": "fast path + reset cache (envs.metaworld_fast)",
+}
+
+
+def path_of(backend: str, env_id: str) -> str:
+    """The code path a sampler with ``backend`` (``"auto"`` resolved) runs for ``env_id``."""
+    from rlbench.sampler import resolve_backend
+
+    name = resolve_backend(backend, env_id)
+    return f"{name}: {PATHS.get(name, 'registered backend')}"
+
+
 def register(steppers: dict[str, Callable[..., Any]]) -> None:
-    """Add this module's backends to ``steppers`` (the sampler's STEPPERS)."""
+    """Add this module's backends to ``steppers`` (the sampler's STEPPERS). Order matters:
+    ``backend="auto"`` takes the first that supports the environment."""
     steppers.setdefault("mujoco-batched", mujoco_batched)
+    steppers.setdefault("metaworld-batched", metaworld_batched)
+    steppers.setdefault("metaworld-fast", metaworld_fast)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import envs
-from rlbench import config, locking, pairing, store
+from rlbench import backends, config, locking, pairing, store
 from rlbench.errors import UsageError
 from rlbench.evaluator import adaptation_rule
 from rlbench.progress import progress
@@ -122,6 +122,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
     store.write_json(run_dir / store.META_FILE, {
         "env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed, "status": "created",
         "comparability": comparability(cfg), "versions": store.versions(), "git_commit": store.git_commit(),
+        # Which simulation code path steps the envs; bit-identical by test, so not a comparability key.
+        "sampler_path": backends.path_of(cfg.sampler.backend, cfg.env_id),
         "budget": cfg.budget, "budget_used": 0, "iterations": 0, "wall_time_s": 0.0, "eval_steps": 0,
         "checkpoints": [],
     })

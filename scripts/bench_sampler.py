@@ -32,6 +32,15 @@ Every line is measured --repeats times, all lines of an environment interleaved 
 of background load hits them alike), and the best rate is reported; every rate is kept
 under ``all``/``all_runs``.
 
+(d) ``--metaworld-paths`` (instead of (a)-(c)): Meta-World's code paths side by side, per
+    environment of ``--mw-envs`` (default ML1-Push, ML1-Reach and each ML10 train class on
+    its own): ``package_loop`` = the package's own env (``ALL_V3_ENVIRONMENTS[name]``, one
+    benchmark task per episode, uniform float32 actions, ``env.reset()`` every 150 steps) in a
+    bare Python loop on one core; and ``Sampler.collect`` with the policy in the loop,
+    ``n_workers=1`` (one core), sampling unit "steps" (the run default), for each backend of ``--mw-backends`` (``gym`` = the plain
+    package path, ``metaworld-fast``, ``metaworld-batched``). ``ratios`` divide each sampler
+    line by the package loop of the same environment, measured in the same repeat.
+
 Prints ONE JSON object (also written to --out): steps/s of every line, the ratios (c)/(b)
 and (c)/(a x workers), the issue targets, CPU share of this process tree during the run
 (the machine may be shared: compare lines of one run, not across runs) and peak memory.
@@ -323,6 +332,118 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
     return res
 
 
+# --------------------------------------------------------------------------------------
+# (d) Meta-World code paths
+# --------------------------------------------------------------------------------------
+
+MW_BACKENDS = ["gym", "metaworld-fast", "metaworld-batched"]
+
+
+def _mw_targets() -> list[tuple[str, str, str]]:
+    """(label, env id, class) of the default --mw-envs: ML1-Push, ML1-Reach, each ML10 train class."""
+    from envs.meta_world import benchmark_classes
+
+    out = [("ML1-Push", "rlbench/ML1-Push-v0", "push-v3"), ("ML1-Reach", "rlbench/ML1-Reach-v0", "reach-v3")]
+    out += [(f"ML10:{c}", "rlbench/ML10-v0", c) for c in benchmark_classes("ML10")[0]]
+    return out
+
+
+def _mw_tasks(env_id: str, env_name: str, n: int) -> list[Any]:
+    """The first n training tasks of class env_name in env_id's benchmark."""
+    pool = [t for t in envs.get_task_distribution(env_id).all_tasks("train") if t.env_name == env_name]
+    return pool[:n]
+
+
+def package_loop(env_id: str, env_name: str, tasks: list[Any], horizon: int, seconds: float) -> float:
+    """Steps/s of the package's own env in a bare loop: set_task + reset per episode, random actions."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    from envs.meta_world import check_task
+
+    bench = envs.entry(env_id).kwargs["benchmark"]
+    mw_tasks = [check_task(t, bench, t.benchmark_seed) for t in tasks]
+    env = ALL_V3_ENVIRONMENTS[env_name]()
+    env.max_path_length = horizon
+    rng = np.random.default_rng(0)
+    steps, ep, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or steps == 0:
+        env.set_task(mw_tasks[ep % len(mw_tasks)])
+        env.reset()
+        actions = rng.uniform(-1, 1, (horizon, 4)).astype(np.float32)
+        for k in range(horizon):
+            env.step(actions[k])
+        steps += horizon
+        ep += 1
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+class _MWTimed:
+    """One Meta-World sampler line: Sampler(n_workers=1, backend) on fixed tasks, warmed up once."""
+
+    def __init__(self, env_id: str, backend: str, tasks: list[Any], episodes: int):
+        self.tasks, self.episodes = tasks, episodes
+        self.sampler = Sampler(env_id, n_workers=1, backend=backend)
+        policy = GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, (100, 100), init_std=1.0, action_scale=10.0)
+        self.actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
+        self.sampler.collect(tasks, episodes, self.actor, np.random.default_rng(0), unit="steps")  # env pool, reset cache
+        self.rates: list[float] = []
+
+    def measure(self, rep: int) -> float:
+        t0 = time.perf_counter()
+        batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1), unit="steps")
+        rate = batch.env_steps / (time.perf_counter() - t0)
+        self.rates.append(rate)
+        return rate
+
+
+def bench_metaworld_paths(args) -> dict[str, Any]:
+    targets = _mw_targets()
+    if args.mw_envs:
+        targets = [t for t in targets if t[0] in args.mw_envs]
+    out: dict[str, Any] = {}
+    for label, env_id, env_name in targets:
+        print(f"[{label}] package loop vs {', '.join(args.mw_backends)}", file=sys.stderr, flush=True)
+        tasks = _mw_tasks(env_id, env_name, args.mw_tasks)
+        horizon = envs.entry(env_id).max_episode_steps
+        lines = {b: _MWTimed(env_id, b, tasks, args.mw_episodes) for b in args.mw_backends}
+        runs: dict[str, list[float]] = {"package_loop": []}
+        ratio_runs: dict[str, list[float]] = {b: [] for b in lines}
+        try:
+            for rep in range(args.repeats):
+                base = package_loop(env_id, env_name, tasks, horizon, args.mw_seconds)
+                runs["package_loop"].append(base)
+                for b, line in lines.items():
+                    ratio_runs[b].append(line.measure(rep) / base)
+        finally:
+            for line in lines.values():
+                line.sampler.close()
+        for b, line in lines.items():
+            runs[f"sampler:{b}"] = line.rates
+        out[label] = {
+            "env_id": env_id, "class": env_name,
+            "batch": {"tasks": len(tasks), "episodes_per_task": args.mw_episodes, "horizon": horizon},
+            "steps_per_s": {k: max(v) for k, v in runs.items()},
+            # ratio per repeat (sampler line / package loop of the same repeat); best repeat reported
+            "ratio_over_package_loop": {b: max(v) for b, v in ratio_runs.items()},
+            "all_runs": runs, "all_ratios": ratio_runs,
+        }
+    summary: dict[str, Any] = {}
+    for b in args.mw_backends:
+        ml10 = [v["ratio_over_package_loop"][b] for k, v in out.items() if k.startswith("ML10:")]
+        summary[b] = {
+            "ML1-Push": out.get("ML1-Push", {}).get("ratio_over_package_loop", {}).get(b),
+            "ML1-Reach": out.get("ML1-Reach", {}).get("ratio_over_package_loop", {}).get(b),
+            "ML10_train_mean": float(np.mean(ml10)) if ml10 else None,
+        }
+    best = {k: max(summary[b][k] for b in summary) for k in ("ML1-Push", "ML1-Reach", "ML10_train_mean")
+            if all(summary[b][k] is not None for b in summary)}
+    goals = {"ML1-Push": 5.0, "ML1-Reach": 2.5, "ML10_train_mean": 2.0}  # issue targets, x the package loop
+    targets_met = {f"{k} >= {goals[k]}x": v >= goals[k] for k, v in best.items()}
+    return {"envs": out, "summary_ratio_over_package_loop": summary, "targets_best_backend": best, "targets_met": targets_met}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, help="names or rlbench ids")
@@ -332,6 +453,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=3, help="measurements of every line (best reported); sampler configs get one extra, untimed warm-up collect")
     p.add_argument("--workers", type=int, default=0, help="'all workers' (0: one per core)")
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--metaworld-paths", action="store_true", help="run (d) only: Meta-World package loop vs sampler backends")
+    p.add_argument("--mw-envs", nargs="+", default=None, help="(d) labels to run (default: ML1-Push ML1-Reach and ML10:<class> for each ML10 train class)")
+    p.add_argument("--mw-backends", nargs="+", default=MW_BACKENDS, help="(d) sampler backends")
+    p.add_argument("--mw-seconds", type=float, default=2.0, help="(d) seconds per package-loop measurement")
     args = p.parse_args(argv)
     workers = args.workers or default_workers()
     STEPPERS["mujoco-batched-processes"] = _processes_backend  # fork: workers inherit it
@@ -352,7 +477,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "envs": {},
     }
-    for name in args.envs:
+    if args.metaworld_paths:
+        result["settings"]["metaworld_paths"] = {
+            "batch": f"{args.mw_tasks} tasks x {args.mw_episodes} episodes x 150", "sampler_workers": 1,
+            "backends": args.mw_backends, "package_loop_seconds": args.mw_seconds,
+        }
+        result["metaworld_paths"] = bench_metaworld_paths(args)
+    for name in ([] if args.metaworld_paths else args.envs):
         env_id = _env_id(name)
         t0 = time.perf_counter()
         result["envs"][env_id] = bench_env(env_id, args, workers, rng)

@@ -66,13 +66,17 @@ def _rollouts(env_id: str | None, split: str, env_name: str, steps: int = 150) -
     benchmark = envs.entry(env_id).kwargs["benchmark"] if env_id else f"ML1:{env_name}"
     task, mw_task = _task(benchmark, split, env_name)
     runs: dict[str, object] = {}
+    from envs.metaworld_fast import FastMetaWorldMetaEnv
+
     for v in ("v1", "v2"):
         ours = envs.make_meta_env(env_id, reward_function_version=v) if env_id else MetaWorldMetaEnv(benchmark, reward_function_version=v)
         ours.set_task(task)
+        fast = FastMetaWorldMetaEnv(benchmark, reward_function_version=v)  # the fast backends' meta-env
+        fast.set_task(task)
         pkg = ALL_V3_ENVIRONMENTS[env_name](reward_function_version=v)
         pkg.set_task(mw_task)
         pkg.max_path_length = ours.horizon
-        runs[f"ours-{v}"], runs[f"pkg-{v}"] = ours, pkg
+        runs[f"ours-{v}"], runs[f"fast-{v}"], runs[f"pkg-{v}"] = ours, fast, pkg
     out = {k: {"obs": [], "reward": [], "success": []} for k in runs}
     first = {k: np.asarray(env.reset(seed=0)[0]) for k, env in runs.items()}
     for k in runs:
@@ -106,8 +110,10 @@ def test_reward_equals_the_packages_own_env_and_success_is_version_independent(e
     r = _rollouts(env_id, split, env_name)
     for k in r:  # the reward version changes no dynamics
         np.testing.assert_array_equal(r[k]["obs"], r["pkg-v2"]["obs"])
-    for v in ("v1", "v2"):  # bit-identical rewards, step for step
+    for v in ("v1", "v2"):  # bit-identical rewards, step for step; the fast path reports the same
         np.testing.assert_array_equal(r[f"ours-{v}"]["reward"], r[f"pkg-{v}"]["reward"])
+        for what in ("obs", "reward", "success"):
+            np.testing.assert_array_equal(r[f"fast-{v}"][what], r[f"ours-{v}"][what], err_msg=f"fast {v} {what}")
     assert not np.array_equal(r["ours-v1"]["reward"], r["ours-v2"]["reward"])
     assert r["ours-v2"]["reward"].max() <= 10.0 < np.abs(r["ours-v1"]["reward"]).max()  # v1 is on another scale
     # success: the package's v2 flag under both versions, and the scripted policy does succeed
