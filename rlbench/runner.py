@@ -44,6 +44,9 @@ def comparability(cfg: RunConfig) -> dict[str, Any]:
         "checkpoint_marks": cfg.checkpoint_marks,
         "eval": {k: v for k, v in config.to_dict(cfg.eval).items() if k not in SPEED_ONLY_EVAL},
         "test_time": adaptation_rule(cfg),
+        # Which simulation code path steps the environments: recorded, but compare does not
+        # require it to match (every path is bit-identical to the package's, by test).
+        "sampler_path": backends.path_of(cfg.sampler.backend, cfg.env_id),
         "policy": {"hidden_sizes": list(cfg.policy.hidden_sizes), "action_scale": cfg.policy.action_scale,
                    "init_std": cfg.policy.init_std},
         "dtype": cfg.dtype,
@@ -122,8 +125,6 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
     store.write_json(run_dir / store.META_FILE, {
         "env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed, "status": "created",
         "comparability": comparability(cfg), "versions": store.versions(), "git_commit": store.git_commit(),
-        # Which simulation code path steps the envs; bit-identical by test, so not a comparability key.
-        "sampler_path": backends.path_of(cfg.sampler.backend, cfg.env_id),
         "budget": cfg.budget, "budget_used": 0, "iterations": 0, "wall_time_s": 0.0, "eval_steps": 0,
         "checkpoints": [],
     })

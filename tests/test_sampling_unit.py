@@ -342,6 +342,10 @@ def test_test_time_rule_is_compared_within_each_pair_only():
     assert check_comparable(bad, (), pairs[1:]) == []  # that pair is not compared
     notes = check_comparable(bad, ("test_time.lr",), pairs)
     assert notes == ['rlbench/PointGoal-v0: test_time.lr differs (0.05 vs 0.1)']
+    # The simulation code path is recorded but never has to match (paths are bit-identical by test).
+    mixed = [Run(r.path, r.env_id, r.algo, r.seed, {**r.comparability, "sampler_path": p})
+             for r, p in zip(grid, ("gym", "metaworld-batched", "gym", "metaworld-fast"))]
+    assert check_comparable(mixed, (), pairs) == []
     with pytest.raises(UsageError, match=r"comparability\.sampler\.unit"):  # env-wide keys stay env-wide
         check_comparable(grid[:3] + [run("trpo-maml", "trpo-maml", 0.1, "episodes")], (), pairs)
 

@@ -135,6 +135,9 @@ def _get(d: object, dotted: str) -> object:
 #: Comparability keys that must agree within each compared pair only: DRS+PPO/ProMP and
 #: DRS+TRPO/TRPO-MAML are adapted by different rules at meta-test time (docs/protocol.md 6.3).
 PER_PAIR_KEYS = ("test_time",)
+#: Comparability keys recorded for the reader but never required to match: the simulation code
+#: path (gym, metaworld-fast, metaworld-batched, ...) is bit-identical by test.
+INFORMATIONAL_KEYS = ("sampler_path",)
 
 
 def check_comparable(runs: Iterable[Run], allow: Iterable[str] = (),
@@ -150,7 +153,7 @@ def check_comparable(runs: Iterable[Run], allow: Iterable[str] = (),
     runs = list(runs)
     allow = [_strip_prefix(k) for k in allow]
     every_env: dict[tuple[str, str], set[str]] = {}
-    _check_group(runs, [*allow, *PER_PAIR_KEYS], every_env, "")
+    _check_group(runs, [*allow, *PER_PAIR_KEYS, *INFORMATIONAL_KEYS], every_env, "")
     seen = {k: v for k, v in every_env.items() if k[1] in allow}
     for pair in pairs:
         per_pair = [Run(r.path, r.env_id, r.algo, r.seed, {k: r.comparability.get(k) for k in PER_PAIR_KEYS})
