@@ -5,6 +5,7 @@ Fisher-vector products taken through the inner steps). PROTOCOL.md section 4.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from agents import metagrad
 from agents.advantages import TensorBatch
 from agents.core import (
-    INNER_LOSSES_OF_LOGP, Collect, LearnerBase, TRPOResult, as_stacked, inner_loss_fn, ppo_clip_objective, process, trpo_step,
+    INNER_LOSSES_OF_LOGP, Collect, LearnerBase, as_stacked, inner_loss_fn, ppo_clip_objective, process, trpo_step,
 )
 from agents.policy import GaussianMLPPolicy, Params, expand_params
 from rlbench.settings import RunConfig
@@ -93,7 +94,16 @@ class MAMLBase(LearnerBase):
         return [inner_loss_fn(self.algo, self.policy, tb) for tb in inner]
 
     def chunks(self, tb: TensorBatch) -> list[slice]:
+        """Task groups of the batched implementation. One group for the Hessian-free estimator:
+        its finite-difference radius is set by the norm of the vector over *all* tasks, so
+        grouping would change the estimate, not only the rounding."""
+        if self.estimator == "hessian-free":
+            return [slice(0, tb.n_tasks)]
         return task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]))
+
+
+#: What a TRPO step needs: (start parameters, loss, mean KL, gradient, Fisher-vector product).
+TRPOProblem = tuple[Params, Callable[[Params], torch.Tensor], Callable[[Params], torch.Tensor], Params, Callable[[Params], Params]]
 
 
 def _sum_tasks(g: Params) -> Params:
@@ -247,10 +257,9 @@ class TRPOMAML(MAMLBase):
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         inner, post, stats = self.sample_rounds(collect, tasks)
-        if self.impl == "reference":
-            res = self._reference_step(inner, post, len(tasks))
-        else:
-            res = self._batched_step(inner, post, len(tasks))
+        build = self.reference_problem if self.impl == "reference" else self.batched_problem
+        a = self.cfg.algo_cfg
+        res = trpo_step(*build(inner, post, len(tasks)), a, a.max_kl)
         with torch.no_grad():
             for k, v in res.params.items():
                 self.params[k].copy_(v)
@@ -267,11 +276,10 @@ class TRPOMAML(MAMLBase):
     def _kl(self, post: TensorBatch, phi_old: Params, T: int) -> metagrad.Loss:
         return lambda phi: post.task_mean(self.policy.kl(phi_old, phi, post.obs)).sum() / T
 
-    def _batched_step(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOResult:
-        """The same TRPO step as :meth:`_reference_step`, by groups of tasks: each group keeps
-        its inner-step and KL Hessian-vector graphs for all conjugate-gradient steps, and the
-        line search adapts each candidate once for both its loss and its KL."""
-        a = self.cfg.algo_cfg
+    def batched_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+        """The same TRPO problem as :meth:`reference_problem`, by groups of tasks: each group
+        keeps its inner-step and KL Hessian-vector graphs for all conjugate-gradient steps,
+        and the line search adapts each candidate once for both its loss and its KL."""
         old = {k: v.detach().clone() for k, v in self.params.items()}
         groups = []
         for c in self.chunks(post):
@@ -316,11 +324,10 @@ class TRPOMAML(MAMLBase):
             cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
             return loss, kl
 
-        return trpo_step(old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp, a, a.max_kl)
+        return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
 
-    def _reference_step(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOResult:
-        """Whole-batch autograd (the oracle of the batched step)."""
-        a = self.cfg.algo_cfg
+    def reference_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+        """Whole-batch autograd (the oracle of the batched implementation)."""
         losses = self.inner_losses(inner)
         old = {k: v.detach().clone() for k, v in self.params.items()}
         phis = metagrad.inner_chain(as_stacked(old, T), losses, self.inner_lr)
@@ -347,4 +354,4 @@ class TRPOMAML(MAMLBase):
             ju = metagrad.jvp(phis, losses, self.inner_lr, u, self.estimator, self.delta, ops)
             return _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, kl_op(ju), self.estimator, self.delta, ops))
 
-        return trpo_step(old, lambda th: surrogate(adapted(th)), lambda th: kl_phi(adapted(th)), g, fvp, a, a.max_kl)
+        return old, lambda th: surrogate(adapted(th)), lambda th: kl_phi(adapted(th)), g, fvp
