@@ -14,11 +14,17 @@ import torch
 from agents import metagrad
 from agents.advantages import TensorBatch
 from agents.core import (
-    INNER_LOSSES_OF_LOGP, Collect, LearnerBase, as_stacked, inner_loss_fn, ppo_clip_objective, process, trpo_step,
+    INNER_LOSSES_OF_LOGP,
+    Collect,
+    LearnerBase,
+    as_stacked,
+    inner_loss_fn,
+    ppo_clip_objective,
+    process,
+    trpo_step,
 )
 from agents.policy import GaussianMLPPolicy, Params, expand_params
 from rlbench.settings import RunConfig
-
 
 #: The batched implementation works on groups of tasks whose largest activation tensor
 #: ([tasks, transitions, hidden width]) has about this many elements (4 MB in float32). Every
