@@ -1,4 +1,4 @@
-"""Linear feature baseline, GAE and per-task normalisation (PROTOCOL.md section 3).
+"""Linear feature baseline, GAE and per-task normalisation (docs/protocol.md section 3).
 
 Everything here works on the padded arrays of :class:`rlbench.batch.Batch` and is vectorised
 over tasks and episodes.
@@ -13,7 +13,7 @@ import torch
 
 from rlbench.batch import Batch
 
-#: Baseline feature constants (PROTOCOL.md section 3; ProMP's LinearFeatureBaseline).
+#: Baseline feature constants (docs/protocol.md section 3; ProMP's LinearFeatureBaseline).
 OBS_CLIP = 10.0
 TIME_SCALE = 100.0
 RIDGE_GROWTH = 10.0
@@ -62,29 +62,50 @@ def fit_linear_baseline(features: np.ndarray, targets: np.ndarray, mask: np.ndar
     return coefs
 
 
-def discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float) -> np.ndarray:
-    """Reward-to-go sum_k gamma^k r_{t+k} within each episode (no bootstrap). [..., H] -> [..., H]."""
+def discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float, ep_end: np.ndarray | None = None) -> np.ndarray:
+    """Reward-to-go sum_k gamma^k r_{t+k} within each episode (no bootstrap). [..., H] -> [..., H].
+
+    ``ep_end`` [..., H] marks the last transition of each episode when a row holds several
+    consecutive episodes (the steps sampling unit); without it a row is one episode."""
     out = np.zeros_like(rewards)
     acc = np.zeros(rewards.shape[:-1])
     for t in range(rewards.shape[-1] - 1, -1, -1):
+        if ep_end is not None:
+            acc = np.where(ep_end[..., t], 0.0, acc)
         acc = (rewards[..., t] + gamma * acc) * valid[..., t]
         out[..., t] = acc
     return out
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, valid: np.ndarray, bootstrap: np.ndarray, gamma: float, lam: float) -> np.ndarray:
-    """Generalised advantage estimation over padded episodes.
+def gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    valid: np.ndarray,
+    bootstrap: np.ndarray,
+    gamma: float,
+    lam: float,
+    ep_end: np.ndarray | None = None,
+    ep_term: np.ndarray | None = None,
+) -> np.ndarray:
+    """Generalised advantage estimation over padded rows of episodes.
 
-    rewards, valid [..., H]; values [..., H] (V(s_t)); bootstrap [...]: V(s_L) after the last
-    transition, 0 for terminated episodes. Returns advantages [..., H] (0 on padding).
-    """
+    rewards, valid [..., H]; values [..., H] (V(s_t)); bootstrap [...]: V(s_L) after a row's last
+    used transition (0 where that episode terminated). Without ``ep_end`` a row is one episode
+    ending at its last valid transition; with ``ep_end``/``ep_term`` [..., H] a row may hold
+    several episodes: an episode that terminated has value 0 after its end, and only the
+    row's final episode may end without termination (it is then bootstrapped). Returns
+    advantages [..., H] (0 on padding)."""
     H = rewards.shape[-1]
-    lengths = valid.sum(-1)
+    if ep_end is None:
+        lengths = valid.sum(-1)
+        ep_end = np.stack([lengths == t + 1 for t in range(H)], axis=-1)
+        ep_term = np.zeros_like(ep_end)
     adv = np.zeros_like(rewards)
     acc = np.zeros(rewards.shape[:-1])
     for t in range(H - 1, -1, -1):
-        is_last = lengths == t + 1
-        next_v = np.where(is_last, bootstrap, values[..., t + 1] if t + 1 < H else 0.0)
+        is_last = ep_end[..., t]
+        end_v = np.where(ep_term[..., t], 0.0, bootstrap)
+        next_v = np.where(is_last, end_v, values[..., t + 1] if t + 1 < H else 0.0)
         delta = rewards[..., t] + gamma * next_v - values[..., t]
         carry = np.where(is_last, 0.0, acc)
         acc = (delta + gamma * lam * carry) * valid[..., t]
@@ -94,19 +115,23 @@ def gae(rewards: np.ndarray, values: np.ndarray, valid: np.ndarray, bootstrap: n
 
 def compute_advantages(batch: Batch, s: AdvantageSettings) -> np.ndarray:
     """Advantages [T, E, H] of a batch: baseline fitted per task to reward-to-go, then GAE,
-    then per-task normalisation over real transitions."""
+    then per-task normalisation over the transitions used for learning. Works on rows holding
+    one episode or several (the steps sampling unit): time features restart with each episode,
+    and each task's baseline and normalisation use however many episodes it has."""
     T, E, H = batch.rewards.shape
-    t_idx = np.broadcast_to(np.arange(H, dtype=float), (T, E, H))
-    feats = baseline_features(batch.obs, t_idx)  # [T, E, H, F]
-    returns = discounted_returns(batch.rewards, batch.valid, s.gamma)
+    feats = baseline_features(batch.obs, batch.ep_time.astype(float))  # [T, E, H, F]
+    returns = discounted_returns(batch.rewards, batch.valid, s.gamma, batch.ep_end)
     coefs = fit_linear_baseline(feats.reshape(T, E * H, -1), returns.reshape(T, -1), batch.valid.reshape(T, -1), s.baseline_reg)
     values = np.einsum("tehf,tf->teh", feats, coefs) * batch.valid
     if s.bootstrap_truncated:
-        last_feats = baseline_features(batch.last_obs, batch.lengths.astype(float))  # [T, E, F]
+        # Time index after the row's final used transition: its episode's length.
+        last = H - 1 - np.argmax(batch.ep_end[..., ::-1], axis=-1)
+        final_len = np.take_along_axis(batch.ep_time, last[..., None], axis=-1)[..., 0] + 1
+        last_feats = baseline_features(batch.last_obs, final_len.astype(float))  # [T, E, F]
         boot = np.einsum("tef,tf->te", last_feats, coefs) * batch.truncated
     else:
         boot = np.zeros((T, E))
-    adv = gae(batch.rewards, values, batch.valid, boot, s.gamma, s.gae_lambda)
+    adv = gae(batch.rewards, values, batch.valid, boot, s.gamma, s.gae_lambda, batch.ep_end, batch.ep_term)
     if s.normalize:
         m = batch.valid.reshape(T, -1)
         a = adv.reshape(T, -1)

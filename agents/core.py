@@ -34,7 +34,7 @@ def process(policy: GaussianMLPPolicy, params: Params, batch: Batch, adv: Advant
     return tb
 
 
-# -- inner losses (PROTOCOL.md section 4) --------------------------------------------------------
+# -- inner losses (docs/protocol.md section 4) --------------------------------------------------------
 
 
 def lr_surrogate(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The MAML family: one core (sampling rounds, inner chain, meta-gradient estimator) composed
 with an outer learner: ProMP (PPO-clip + KL penalty, Adam) and TRPO-MAML (TRPO step with
-Fisher-vector products taken through the inner steps). PROTOCOL.md section 4.
+Fisher-vector products taken through the inner steps). docs/protocol.md section 4.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class ProMP(MAMLBase):
         return lambda phi: -self.outer_terms(post, phi).sum() / n_tasks
 
     def update_eta(self, kl: float) -> None:
-        """Halve eta if KL < target / 1.5, double it if KL > 1.5 * target (PROTOCOL.md 4)."""
+        """Halve eta if KL < target / 1.5, double it if KL > 1.5 * target (docs/protocol.md 4)."""
         a = self.cfg.algo_cfg
         if not a.adaptive_eta:
             return

@@ -9,7 +9,7 @@ including any "old" log-probabilities, are constants). The Jacobian of the chain
 * a perturbation of theta moves phi_K by ``J u`` (:func:`jvp`; used for TRPO-MAML's
   Fisher-vector products through the inner steps).
 
-The estimators differ only in how ``H_k v`` is formed (PROTOCOL.md section 4):
+The estimators differ only in how ``H_k v`` is formed (docs/protocol.md section 4):
 
 * ``second-order``: exact Hessian-vector products by double backpropagation;
 * ``first-order``: ``H_k v = 0`` (FO-MAML drops the inner step's Jacobian);

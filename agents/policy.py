@@ -5,7 +5,7 @@ can adapt them with differentiable steps and the sampler can act with a differen
 set per task. A parameter dict is either *shared* (``W0: [h0, obs]``) or *stacked* over tasks
 (``W0: [T, h0, obs]``); stacked parameters act on observations shaped ``[T, ..., obs]``.
 
-Action parameterisation (PROTOCOL.md section 2, "Actions"): the Gaussian's mean and std live
+Action parameterisation (docs/protocol.md section 2, "Actions"): the Gaussian's mean and std live
 in units of ``action_scale`` x the environment's action. A sample ``u`` is stored (and its
 log-probability taken) unclipped; the environment receives ``clip(u / action_scale, -1, 1)``.
 """

@@ -1,6 +1,6 @@
 """rlbench meta-environments: task distributions and their gymnasium environments.
 
-Importing this package registers every environment of the study (PROTOCOL.md section 2)
+Importing this package registers every environment of the study (docs/protocol.md section 2)
 plus a pure-numpy toy used by fast tests. Adding an environment is one module and one
 ``register_meta_env`` call (README, "Adding an environment").
 """

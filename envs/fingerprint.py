@@ -58,7 +58,7 @@ def protocol_choices(env: Any) -> dict[str, Any]:
     from envs import locomotion
 
     if isinstance(env, locomotion.LocomotionMetaEnv):
-        out: dict[str, Any] = {"name": env.name, **dataclasses.asdict(env.spec_)}
+        out: dict[str, Any] = {"name": env.name, **dataclasses.asdict(env.spec_), "xml": env.model_file}
         if env.spec_.task_kind == "params":
             out["rand_param_log_scale"] = dict(locomotion.RAND_PARAM_LOG_SCALE)
             out["log_scale_limit"] = locomotion.LOG_SCALE_LIMIT

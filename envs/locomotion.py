@@ -1,6 +1,6 @@
 """MuJoCo locomotion meta-environments of Gao & Sener (2020), on the official mujoco bindings.
 
-Every number of ../shared/PROTOCOL.md section 2 for these four environments lives in
+Every number of docs/protocol.md section 2 for these four environments lives in
 :data:`SPECS` (one :class:`LocomotionSpec` per environment) and in the task-range constants
 below; nothing else in the project repeats them. Sources: rand_param_envs
 (dennisl88/rand_param_envs) and the authors' released code (isl-org/MetaLearningTradeoffs),
@@ -49,13 +49,13 @@ class RandParamsTask:
 
 
 #: Rand-params multipliers: base ** U(-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT), one draw per array
-#: element (rand_param_envs; PROTOCOL.md section 2).
+#: element (rand_param_envs; docs/protocol.md section 2).
 RAND_PARAM_LOG_SCALE = {"body_mass": 1.5, "body_inertia": 1.5, "geom_friction": 1.5, "dof_damping": 1.3}
 LOG_SCALE_LIMIT = 3.0
 
 
 # --------------------------------------------------------------------------------------
-# Environment specs (PROTOCOL.md section 2 table)
+# Environment specs (docs/protocol.md section 2 table)
 # --------------------------------------------------------------------------------------
 
 
@@ -84,7 +84,7 @@ SPECS: dict[str, LocomotionSpec] = {
         obs_qvel_clip=None, reset_noise="cheetah", reset_noise_scale=0.1,
     ),
     "Walker2DRandVel": LocomotionSpec(
-        xml="walker2d_v5.xml", timestep=0.002, frame_skip=8, task_kind="velocity",
+        xml="walker2d.xml", timestep=0.002, frame_skip=8, task_kind="velocity",
         goal_velocity_range=(0.0, 10.0), alive_bonus=15.0, ctrl_cost=1e-3, termination="walker",
         obs_qvel_clip=10.0, reset_noise="uniform", reset_noise_scale=0.005,
     ),
@@ -94,13 +94,13 @@ SPECS: dict[str, LocomotionSpec] = {
         obs_qvel_clip=10.0, reset_noise="uniform", reset_noise_scale=0.005,
     ),
     "Walker2DRandParams": LocomotionSpec(
-        xml="walker2d_v5.xml", timestep=0.004, frame_skip=4, task_kind="params",
+        xml="walker2d.xml", timestep=0.004, frame_skip=4, task_kind="params",
         goal_velocity_range=(0.0, 0.0), alive_bonus=1.0, ctrl_cost=1e-3, termination="walker",
         obs_qvel_clip=10.0, reset_noise="uniform", reset_noise_scale=0.005,
     ),
 }
 
-# Healthy ranges of the termination rules (PROTOCOL.md section 2).
+# Healthy ranges of the termination rules (docs/protocol.md section 2).
 WALKER_HEIGHT_RANGE = (0.8, 2.0)
 WALKER_ANGLE_RANGE = (-1.0, 1.0)
 HOPPER_MIN_HEIGHT = 0.7
@@ -108,9 +108,28 @@ HOPPER_MAX_ABS_ANGLE = 0.2
 HOPPER_MAX_ABS_STATE = 100.0
 
 
-def load_model(spec: LocomotionSpec) -> mujoco.MjModel:
+#: Walker model file per foot-friction choice (docs/protocol.md section 2): "gs" is the authors'
+#: walker2d.xml (rand_param_envs; gym's old file, shipped by gymnasium as walker2d.xml): right
+#: foot friction 0.9, left 1.9. "v5" is gymnasium's walker2d_v5.xml, both feet 1.9. The two
+#: files differ in nothing else.
+WALKER_XML = {"gs": "walker2d.xml", "v5": "walker2d_v5.xml"}
+FOOT_FRICTION_DEFAULT = "gs"
+
+
+def model_file(spec: LocomotionSpec, foot_friction: str = FOOT_FRICTION_DEFAULT) -> str:
+    """The asset file of ``spec`` under the ``foot_friction`` choice (Walker environments only)."""
+    if foot_friction not in WALKER_XML:
+        raise ValueError(f"foot_friction must be one of {', '.join(map(repr, WALKER_XML))}, got {foot_friction!r}")
+    if spec.termination == "walker":
+        return WALKER_XML[foot_friction]
+    if foot_friction != FOOT_FRICTION_DEFAULT:
+        raise ValueError("foot_friction applies to the Walker environments only")
+    return spec.xml
+
+
+def load_model(spec: LocomotionSpec, foot_friction: str = FOOT_FRICTION_DEFAULT) -> mujoco.MjModel:
     """The spec's MjModel with the protocol's physics timestep."""
-    model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS, spec.xml))
+    model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS, model_file(spec, foot_friction)))
     model.opt.timestep = spec.timestep
     return model
 
@@ -153,7 +172,7 @@ def observation(spec: LocomotionSpec, qpos: np.ndarray, qvel: np.ndarray) -> np.
 
 
 def reward(spec: LocomotionSpec, velocity: np.ndarray, action: np.ndarray, goal_velocity) -> np.ndarray:
-    """Per-step reward of PROTOCOL.md section 2; vectorised over leading dimensions."""
+    """Per-step reward of docs/protocol.md section 2; vectorised over leading dimensions."""
     ctrl = spec.ctrl_cost * np.sum(np.square(action), axis=-1)
     if spec.task_kind == "velocity":
         forward = -np.abs(velocity - goal_velocity)
@@ -184,14 +203,16 @@ class LocomotionMetaEnv(mujoco_env.MujocoEnv, MetaEnv):
     metadata = {"render_modes": ["human", "rgb_array", "depth_array"]}
     family = "locomotion"
 
-    def __init__(self, name: str, render_mode: str | None = None, **_: object):
+    def __init__(self, name: str, render_mode: str | None = None, foot_friction: str = FOOT_FRICTION_DEFAULT, **_: object):
         if name not in SPECS:
             raise ValueError(f"unknown locomotion environment {name!r} (known: {', '.join(SPECS)})")
         self.name = name
         self.spec_ = SPECS[name]
         self.horizon = self.spec_.horizon
+        self.model_file = model_file(self.spec_, foot_friction)
+        self.foot_friction = foot_friction
         mujoco_env.MujocoEnv.__init__(
-            self, os.path.join(ASSETS, self.spec_.xml), self.spec_.frame_skip, observation_space=None,
+            self, os.path.join(ASSETS, self.model_file), self.spec_.frame_skip, observation_space=None,
             render_mode=render_mode,
         )
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
@@ -202,7 +223,7 @@ class LocomotionMetaEnv(mujoco_env.MujocoEnv, MetaEnv):
         self._task = self._dist.default_task()
 
     def _initialize_simulation(self):
-        model = load_model(self.spec_)
+        model = load_model(self.spec_, self.foot_friction)
         data = mujoco.MjData(model)
         return model, data
 

@@ -47,6 +47,7 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from envs.locomotion import (
+    FOOT_FRICTION_DEFAULT,
     SPECS,
     TASK_DISTRIBUTIONS,
     RandParamsTask,
@@ -104,7 +105,7 @@ class BatchedLocomotionStepper:
         self.spec = SPECS[name]
         self.threads = max(1, int(threads))
         self._dist = TASK_DISTRIBUTIONS[self.spec.task_kind](name)
-        self.model = load_model(self.spec)
+        self.model = load_model(self.spec, (env_kwargs or {}).get("foot_friction", FOOT_FRICTION_DEFAULT))
         self._original = original_params(self.model)
         self.frame_skip = self.spec.frame_skip
         # The gym env's dt property is model.opt.timestep * frame_skip: same expression, same float.
@@ -143,35 +144,26 @@ class BatchedLocomotionStepper:
         else:
             self._goal = np.zeros(n)
             self._set_param_models(tasks)
-        d = self._scratch[0]
-        qpv = np.empty(self.nq + self.nv)
-        for i, seed in enumerate(seeds):
-            # gymnasium's Env.reset(seed=...) seeds np_random with seeding.np_random(seed);
-            # MujocoEnv.reset then runs mj_resetData, reset_model (noise, set_state: mj_forward).
-            rng, _ = seeding.np_random(int(seed))
-            qpos, qvel = reset_state(self.spec, self.init_qpos, self.init_qvel, rng)
-            m = self._models[i] if self._models else self.model
-            mujoco.mj_resetData(m, d)
-            qpv[: self.nq], qpv[self.nq :] = qpos, qvel
-            mujoco.mj_setState(m, d, qpv, _QPOS_QVEL)
-            mujoco.mj_forward(m, d)  # also sets qacc_warmstart, as in the gym env
-            mujoco.mj_getState(m, d, self._state[i], STATE_SPEC)
+        self._reset_slots(np.arange(n), seeds)
         return observation(self.spec, self._state[:, self._qpos], self._state[:, self._qvel])
 
-    def step(self, actions: np.ndarray, active: np.ndarray):
+    def step(self, actions: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray | None = None):
         """Step the active slots by one environment step (frame_skip physics steps).
 
-        Returns obs [n, obs_dim], rewards [n], terminated [n], success [n] (NaN: not reported);
-        inactive slots return zeros/False and are not stepped.
+        Returns obs [n, obs_dim], rewards [n], terminated [n], success [n] (NaN: not reported),
+        unstable [n] (non-finite observation or reward; also terminated); inactive slots return
+        zeros/False and are not stepped. With ``reset_seeds``, slots that terminated are reset
+        in the same call (as ``env.reset(seed=reset_seeds[i])``) and return the reset observation.
         """
         n = self._state.shape[0]
         obs = np.zeros((n, self.obs_dim))
         rew = np.zeros(n)
         term = np.zeros(n, dtype=bool)
         succ = np.full(n, np.nan)
+        unstable = np.zeros(n, dtype=bool)
         idx = np.flatnonzero(active)
         if idx.size == 0:
-            return obs, rew, term, succ
+            return obs, rew, term, succ, unstable
         all_active = idx.size == n
         sel = slice(None) if all_active else idx
         a = np.clip(np.asarray(actions, dtype=np.float64)[sel], -1.0, 1.0)
@@ -185,7 +177,13 @@ class BatchedLocomotionStepper:
         rew[sel] = reward(self.spec, velocity, a, self._goal[sel])
         term[sel] = ~is_healthy(self.spec, qpos, qvel)
         obs[sel] = observation(self.spec, qpos, qvel)
-        return obs, rew, term, succ
+        unstable[sel] = ~(np.isfinite(obs[sel]).all(axis=1) & np.isfinite(rew[sel]))
+        term |= unstable
+        if reset_seeds is not None and term.any():
+            ended = np.flatnonzero(term)
+            self._reset_slots(ended, np.asarray(reset_seeds)[ended])
+            obs[ended] = observation(self.spec, self._state[ended][:, self._qpos], self._state[ended][:, self._qvel])
+        return obs, rew, term, succ, unstable
 
     def close(self) -> None:
         if self._pool is not None:
@@ -193,6 +191,22 @@ class BatchedLocomotionStepper:
             self._pool = None
 
     # -- internals --------------------------------------------------------------------------
+    def _reset_slots(self, slots: np.ndarray, seeds: np.ndarray) -> None:
+        """Reset slots[j] as ``LocomotionMetaEnv.reset(seed=seeds[j])`` would (task kept)."""
+        d = self._scratch[0]
+        qpv = np.empty(self.nq + self.nv)
+        for i, seed in zip(slots.tolist(), seeds):
+            # gymnasium's Env.reset(seed=...) seeds np_random with seeding.np_random(seed);
+            # MujocoEnv.reset then runs mj_resetData, reset_model (noise, set_state: mj_forward).
+            rng, _ = seeding.np_random(int(seed))
+            qpos, qvel = reset_state(self.spec, self.init_qpos, self.init_qvel, rng)
+            m = self._models[i] if self._models else self.model
+            mujoco.mj_resetData(m, d)
+            qpv[: self.nq], qpv[self.nq :] = qpos, qvel
+            mujoco.mj_setState(m, d, qpv, _QPOS_QVEL)
+            mujoco.mj_forward(m, d)  # also sets qacc_warmstart, as in the gym env
+            mujoco.mj_getState(m, d, self._state[i], STATE_SPEC)
+
     def _set_param_models(self, tasks: list[Any]) -> None:
         while len(self._models) < len(tasks):
             self._models.append(copy.copy(self.model))

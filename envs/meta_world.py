@@ -1,4 +1,4 @@
-"""Meta-World v3 meta-environments: ML1 (push, reach), ML10 and ML45 (PROTOCOL.md section 2).
+"""Meta-World v3 meta-environments: ML1 (push, reach), ML10 and ML45 (docs/protocol.md section 2).
 
 Three pieces:
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from envs.base import InvalidTaskError, MetaEnv, TaskDistribution
 
-#: Steps per episode (PROTOCOL.md section 2: GS used 150 with the v1 environments; Meta-World's
+#: Steps per episode (docs/protocol.md section 2: GS used 150 with the v1 environments; Meta-World's
 #: own ``max_path_length`` is 500). A constructor argument, so configs can change it.
 DEFAULT_HORIZON = 150
 
@@ -44,7 +44,7 @@ DEFAULT_HORIZON = 150
 BENCHMARK_SEED = 0
 
 #: Observation and action sizes of every v3 environment (goal coordinates zeroed in the ML
-#: benchmarks) -- PROTOCOL.md section 2.
+#: benchmarks) -- docs/protocol.md section 2.
 OBS_DIM = 39
 ACT_DIM = 4
 

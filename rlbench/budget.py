@@ -2,7 +2,7 @@
 
 Steps are counted where the simulator steps (the sampler reports every real transition of
 every single environment). An iteration declares its worst-case cost before it starts; if
-the remaining budget cannot pay it in full, it is not started (PROTOCOL.md section 5).
+the remaining budget cannot pay it in full, it is not started (docs/protocol.md section 5).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Meta-test evaluation (PROTOCOL.md section 6), the same for every agent.
+"""Meta-test evaluation (docs/protocol.md section 6), the same for every agent.
 
 For each checkpoint: T meta-test tasks drawn from (seed, "test-tasks") — the same tasks for
-every algorithm of a seed — and for t = 0..n_updates: sample ``episodes_per_task`` episodes
-per task, record the mean undiscounted return over ALL of them (and the success rate), and
-if t < n_updates take one adaptation step. The step is the inner update of the paired MAML
-algorithm (``cfg.paired_inner``: ProMP's likelihood-ratio surrogate for DRS+PPO and ProMP,
-TRPO-MAML's log-likelihood loss for DRS+TRPO and TRPO-MAML) with that algorithm's inner
-learning rate, via the pure :func:`agents.core.adapt`.
+every algorithm of a seed — and for t = 0..n_updates: run one sampling round of
+``episodes_per_task`` slots per task with the run's sampling unit, record the mean
+undiscounted return of each slot's first episode (and the success rate), and if
+t < n_updates take one adaptation step on the whole round. The step is the inner update of
+the paired MAML algorithm (``cfg.paired_inner``: ProMP's likelihood-ratio surrogate for
+DRS+PPO and ProMP, TRPO-MAML's log-likelihood loss for DRS+TRPO and TRPO-MAML) with the
+pair's test-time step size (:func:`adaptation_lr`), via the pure :func:`agents.core.adapt`.
 
 ``gs_adam_compat`` reproduces the authors' released code instead: one Adam step per update,
 one Adam optimiser whose moments persist across all tasks of the evaluation (tasks are then
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -67,7 +69,7 @@ class PersistentAdam:
 
 
 def gs_compat_lr(cfg: RunConfig) -> float:
-    """Test-time learning rate of GS's code for each algorithm (PROTOCOL.md section 6.3)."""
+    """Test-time learning rate of GS's code for each algorithm (docs/protocol.md section 6.3)."""
     return {"drs-ppo": cfg.algo_cfg.learning_rate, "promp": cfg.algo_cfg.inner_lr,
             "drs-trpo": 0.0, "trpo-maml": cfg.algo_cfg.inner_lr}[cfg.algo]
 
@@ -77,13 +79,50 @@ def test_tasks(cfg: RunConfig) -> list[Any]:
     return envs.get_task_distribution(cfg.env_id).test_tasks(cfg.eval.n_tasks, seeding.generator(cfg.seed, "test-tasks"))
 
 
+class PerTaskActor:
+    """A sampler actor that computes each task's actions separately, from fresh copies of its
+    observations and noise, with that task's own parameters ([1, ...] stacked)."""
+
+    def __init__(self, policy, params_per_task: list[Params]):
+        self.actors = [policy.actor(p) for p in params_per_task]
+
+    def __call__(self, obs, noise):
+        outs = [a(np.array(obs[i : i + 1]), np.array(noise[i : i + 1])) for i, a in enumerate(self.actors)]
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def adaptation_rule(cfg: RunConfig) -> dict[str, Any]:
+    """How this run is adapted at meta-test time (docs/protocol.md section 6); part of the
+    run's comparability record, so both sides of a pair are always adapted by the same rule."""
+    if cfg.eval.gs_adam_compat:
+        return {"optimizer": "gs-adam", "loss": cfg.paired_inner, "lr": gs_compat_lr(cfg), "updates": cfg.eval.n_updates}
+    return {"optimizer": "sgd", "loss": cfg.paired_inner, "lr": adaptation_lr(cfg), "updates": cfg.eval.n_updates}
+
+
+def adaptation_lr(cfg: RunConfig) -> float:
+    """Step size of the test-time SGD step: ``eval.adapt_lr`` (set per pair by experiments),
+    else this run's own effective inner step size."""
+    return cfg.eval.adapt_lr or cfg.algo_cfg.effective_inner_lr
+
+
+def eval_generators(cfg: RunConfig, checkpoint: int, tasks: range, test_update: int) -> list:
+    """One generator per meta-test task: every evaluation random number is a function of
+    (seed, checkpoint, task, test update) alone, so results do not depend on ``task_chunk``,
+    and every algorithm of a seed sees the same streams (common random numbers)."""
+    return [seeding.generator(cfg.seed, "eval", checkpoint, i, test_update) for i in tasks]
+
+
 def evaluate_params(cfg: RunConfig, sampler: Sampler, params: Params, checkpoint: int, tasks: list[Any]) -> tuple[list[dict], int]:
-    """Rows (one per task x test update) and the evaluation env steps for one parameter set."""
+    """Rows (one per task x test update) and the evaluation env steps for one parameter set.
+
+    Each adaptation round uses the run's sampling unit (the inner step sees the data it saw in
+    training); the recorded return is the mean over the first episode of each slot (E whole
+    episodes per task, unbiased under either unit)."""
     policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
     dtype = DTYPES[cfg.dtype]
     params = {k: v.detach().to(dtype) for k, v in params.items()}
     ev = cfg.eval
-    lr = cfg.algo_cfg.effective_inner_lr
+    lr = adaptation_lr(cfg)
     kind = cfg.paired_inner
     rows: list[dict] = []
     steps = 0
@@ -91,24 +130,30 @@ def evaluate_params(cfg: RunConfig, sampler: Sampler, params: Params, checkpoint
     adam = PersistentAdam(gs_compat_lr(cfg)) if ev.gs_adam_compat else None
     for c0 in range(0, len(tasks), chunk):
         chunk_tasks = tasks[c0 : c0 + chunk]
-        current = params
+        # The chunk's environments step together, but all learner arithmetic (acting, the
+        # baseline, the adaptation step) runs per task on its own freshly allocated arrays:
+        # batched kernels round differently with the batch's size and memory alignment, and a
+        # task's numbers must not depend on which tasks share its chunk.
+        current = [as_stacked(params, 1) for _ in chunk_tasks]
         for t in range(ev.n_updates + 1):
-            rng = seeding.generator(cfg.seed, "eval", checkpoint, c0, t)
-            batch = sampler.collect(chunk_tasks, ev.episodes_per_task, policy.actor(current), rng)
+            rngs = eval_generators(cfg, checkpoint, range(c0, c0 + len(chunk_tasks)), t)
+            batch = sampler.collect(chunk_tasks, ev.episodes_per_task, PerTaskActor(policy, current), rngs,
+                                    unit=cfg.sampler.unit, keep_tails=cfg.sampler.keep_tails)
             steps += batch.env_steps
-            ret, succ = batch.task_returns(), batch.task_success()
+            ret, succ = batch.first_episode_returns().mean(-1), batch.first_episode_success().mean(-1)
             for i in range(len(chunk_tasks)):
                 rows.append({"test_update": t, "task": c0 + i, "return": float(ret[i]), "success": float(succ[i]),
                              "episodes": ev.episodes_per_task})
             if t == ev.n_updates:
                 break
-            tb = process(policy, current, batch, cfg.advantage, dtype)
-            if adam is None:
-                current = adapt(policy, current, tb, lr, kind)
-            else:
-                start = as_stacked(current, len(chunk_tasks))
-                g = metagrad.grad(inner_loss_fn(kind, policy, tb), start)
-                current = adam.step(start, g)
+            for i, p_i in enumerate(current):
+                tb = process(policy, p_i, batch.task(i), cfg.advantage, dtype)
+                if adam is None:
+                    current[i] = adapt(policy, p_i, tb, lr, kind)
+                else:
+                    g = metagrad.grad(inner_loss_fn(kind, policy, tb), p_i)
+                    current[i] = adam.step(p_i, g)
+    rows.sort(key=lambda r: (r["test_update"], r["task"]))  # the same table for any task_chunk
     return rows, steps
 
 

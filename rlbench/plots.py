@@ -29,7 +29,7 @@ from scipy import stats as sps
 
 from rlbench import stats
 
-#: Display names of the registry keys (PROTOCOL.md section 4).
+#: Display names of the registry keys (docs/protocol.md section 4).
 ALGO_LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML"}
 #: First method of a pair in red, second in blue (RdBu_r: red = first better).
 PAIR_COLORS = ("tab:red", "tab:blue")
@@ -51,7 +51,7 @@ def env_label(env_id: str) -> str:
     return env_id.split("/")[-1]
 
 
-#: Panel order of the paper's Figures 1/2 (PROTOCOL.md section 2); other environments follow, sorted.
+#: Panel order of the paper's Figures 1/2 (docs/protocol.md section 2); other environments follow, sorted.
 PAPER_ENV_ORDER = ("HalfCheetahRandVel", "Walker2DRandVel", "Walker2DRandParams", "HopperRandParams",
                    "ML1-Push", "ML1-Reach", "ML10", "ML45")
 

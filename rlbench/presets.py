@@ -11,7 +11,7 @@ loaded strictly into :class:`rlbench.settings.ExperimentConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ __all__ = ["FAMILIES", "HYPER", "EnvHyper", "FamilyDefaults", "PAIRED_INNER", "r
 PRESET_DIR = Path(__file__).with_name("presets")
 
 #: DRS algorithm -> the MAML algorithm whose inner update adapts it at meta-test time
-#: (PROTOCOL.md section 6.3: DRS+PPO adapts like ProMP, DRS+TRPO like TRPO-MAML).
+#: (docs/protocol.md section 6.3: DRS+PPO adapts like ProMP, DRS+TRPO like TRPO-MAML).
 PAIRED_INNER = {"drs-ppo": "promp", "promp": "promp", "drs-trpo": "trpo-maml", "trpo-maml": "trpo-maml"}
 
 
@@ -123,10 +123,22 @@ def experiment_overrides(exp: ExperimentConfig, env_id: str, algo: str) -> dict[
 
 
 def experiment_run_configs(exp: ExperimentConfig) -> list[RunConfig]:
-    """Every run of the grid, with the experiment's overrides applied."""
-    return [
-        run_config(env_id, algo, seed, exp.budget or None, experiment_overrides(exp, env_id, algo))
+    """Every run of the grid, with the experiment's overrides applied, and one test-time rule
+    per pair: both runs of each (DRS, MAML) pair are adapted at meta-test time with the MAML
+    run's effective inner step size (``eval.adapt_lr``), e.g. lr / K for a K-step MAML trained
+    with ``inner_lr_over_k``, so a comparison never mixes two adaptation rules."""
+    cfgs = {
+        (env_id, algo, seed): run_config(env_id, algo, seed, exp.budget or None, experiment_overrides(exp, env_id, algo))
         for env_id in exp.envs
         for algo in exp.algos
         for seed in exp.seeds
-    ]
+    }
+    for pair in exp.pairs:
+        drs, maml = pair.split(":")
+        for (env_id, algo, seed), cfg in list(cfgs.items()):
+            partner = cfgs.get((env_id, maml, seed))
+            if algo not in (drs, maml) or partner is None or (env_id, drs, seed) not in cfgs:
+                continue
+            lr = partner.eval.adapt_lr or partner.algo_cfg.effective_inner_lr
+            cfgs[env_id, algo, seed] = replace(cfg, eval=replace(cfg.eval, adapt_lr=lr))
+    return list(cfgs.values())

@@ -1,4 +1,4 @@
-"""Every number of the study, in one place (../shared/PROTOCOL.md sections 3-7).
+"""Every number of the study, in one place (docs/protocol.md sections 3-7).
 
 Environment physics, rewards and horizons live with each environment (envs/locomotion.py
 ``SPECS``, envs/meta_world.py); the baseline's feature constants live in
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# -- shared by every algorithm (PROTOCOL.md sections 2-4) --------------------------------------
+# -- shared by every algorithm (docs/protocol.md sections 2-4) --------------------------------------
 ACTION_SCALE = 10.0  # the Gaussian lives in units of 10 x the environment's action
 INIT_STD = 1.0  # initial std in that scaled space (0.1 in environment units)
 GAMMA = 0.99
@@ -32,7 +32,7 @@ TEST_UPDATES = 5  # meta-test adaptation steps (returns recorded at t = 0..5)
 
 @dataclass(frozen=True)
 class EnvHyper:
-    """Per-environment tuned values of GS (PROTOCOL.md section 4 table)."""
+    """Per-environment tuned values of GS (docs/protocol.md section 4 table)."""
 
     drs_ppo_lr: float
     promp_lr: float
@@ -43,10 +43,6 @@ class EnvHyper:
     num_ppo_steps: int
     adaptive_eta: bool  # False: fixed ETA_FIXED; True: start ETA_ADAPTIVE_START, target KL_TARGET
 
-
-ETA_FIXED = 5e-4
-ETA_ADAPTIVE_START = 1e-3
-KL_TARGET = 1e-2
 
 HYPER: dict[str, EnvHyper] = {
     "rlbench/HalfCheetahRandVel-v0": EnvHyper(1e-2, 1e-4, 1e-2, 0.01, 0.001, 0.01, 5, False),
@@ -64,7 +60,7 @@ HYPER: dict[str, EnvHyper] = {
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Sampling unit, network, budget and checkpoints per environment family (PROTOCOL.md 4-6)."""
+    """Sampling unit, network, budget and checkpoints per environment family (docs/protocol.md 4-6)."""
 
     meta_batch_size: int
     episodes_per_task: int

@@ -19,6 +19,7 @@ import torch
 import envs
 from rlbench import config, store
 from rlbench.errors import UsageError
+from rlbench.evaluator import adaptation_rule
 from rlbench.progress import progress
 from rlbench.sampler import Sampler
 from rlbench.settings import RunConfig
@@ -30,25 +31,34 @@ class NonFiniteError(RuntimeError):
 
 
 def comparability(cfg: RunConfig) -> dict[str, Any]:
-    """Settings that must be identical across every run compared for one environment."""
+    """Everything that changes meta-test numbers and must be identical across the runs compared
+    for one environment (``rlbench compare`` refuses a difference, naming the key). Settings
+    that change speed only (workers, learner threads, ``eval.task_chunk``) are left out."""
     return {
         "env": envs.fingerprint(cfg.env_id, cfg.sampler.horizon),
         "sampler": {"meta_batch_size": cfg.sampler.meta_batch_size, "episodes_per_task": cfg.sampler.episodes_per_task,
-                    "horizon": cfg.sampler.horizon},
+                    "horizon": cfg.sampler.horizon, "unit": cfg.sampler.unit, "keep_tails": cfg.sampler.keep_tails},
         "advantage": config.to_dict(cfg.advantage),
         "budget": cfg.budget,
         "checkpoint_marks": cfg.checkpoint_marks,
-        "eval": {k: v for k, v in config.to_dict(cfg.eval).items() if k != "task_chunk"},
+        "eval": {k: v for k, v in config.to_dict(cfg.eval).items() if k not in SPEED_ONLY_EVAL},
+        "test_time": adaptation_rule(cfg),
         "policy": {"hidden_sizes": list(cfg.policy.hidden_sizes), "action_scale": cfg.policy.action_scale,
                    "init_std": cfg.policy.init_std},
+        "dtype": cfg.dtype,
     }
+
+
+#: Evaluation settings that change speed only, and settings a resume may change.
+SPEED_ONLY_EVAL = ("task_chunk", "adapt_lr")  # adapt_lr is recorded resolved, in "test_time"
+SPEED_ONLY = ("sampler.n_workers", "eval.task_chunk", "torch_threads")
 
 
 def check_budget(cfg: RunConfig) -> None:
     if cfg.budget < cfg.iteration_steps:
         raise UsageError(
             f"budget {cfg.budget} is smaller than one {cfg.algo} iteration ({cfg.iteration_steps} steps = "
-            f"{cfg.sampler.meta_batch_size} tasks x {cfg.sampler.episodes_per_task} episodes x horizon {cfg.sampler.horizon}"
+            f"{cfg.sampler.meta_batch_size} tasks x {cfg.sampler.episodes_per_task} slots x horizon {cfg.sampler.horizon}"
             f"{' x ' + str(cfg.algo_cfg.inner_steps + 1) + ' rounds' if cfg.is_maml else ''})"
         )
 
@@ -64,7 +74,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
         old = store.read_config(run_dir)
         diffs = store.diff_dicts(config.to_dict(old), config.to_dict(cfg))
         # Settings that change speed but not results may differ on resume.
-        diffs = [d for d in diffs if d not in ("sampler.n_workers", "eval.task_chunk", "torch_threads")]
+        diffs = [d for d in diffs if d not in SPEED_ONLY]
         if diffs:
             a, b = _lookup(config.to_dict(old), diffs[0]), _lookup(config.to_dict(cfg), diffs[0])
             raise UsageError(f"cannot resume {run_dir}: config differs in {diffs[0]} ({a!r} in the run, {b!r} now)")

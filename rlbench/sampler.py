@@ -1,15 +1,21 @@
 """The sampler: the only code in rlbench that steps environments.
 
-For a list of tasks it collects ``episodes_per_task`` whole episodes per task. All episodes
-of a batch run together: at every time step the policy is evaluated ONCE on the observations
-of every live episode (with one parameter set per task when MAML samples after adaptation),
-and the environments are stepped by worker processes, each owning a contiguous block of
-episode slots. Steps are counted per single environment (a slot whose episode has ended is
-not stepped and not counted).
+One sampling round covers T tasks x E episode slots x horizon H (docs/protocol.md section 4).
+With the ``steps`` unit (the authors' sampler, the default) every slot is stepped for exactly
+H environment steps and reset as soon as its episode ends; every episode completed inside the
+round is used and each slot's unfinished tail is dropped (or kept as a truncated segment), so
+a round costs exactly T x E x H steps. With the ``episodes`` unit every slot runs exactly one
+whole episode (a round costs at most T x E x H steps). All slots of a round step together: at
+every time step the policy is evaluated ONCE on the observations of every live slot (with one
+parameter set per task when MAML samples after adaptation), and the environments are stepped
+by worker processes, each owning a contiguous block of slots. Steps are counted per single
+environment.
 
-Determinism: every random number (reset seeds, action noise) is drawn in the main process
-from the generator passed to :meth:`Sampler.collect`, independently of how slots are split
-over workers, so a batch is identical for any ``n_workers``.
+Determinism: every random number (reset seeds, action noise) is drawn in the main process,
+either from one generator for the whole round or from one generator per task (then a task's
+episodes depend only on its own stream: the evaluator uses this so that meta-test numbers do
+not depend on how tasks are chunked), independently of how slots are split over workers, so a
+batch is identical for any ``n_workers``.
 
 Backends: a worker hosts a :class:`Stepper` that steps its block of slots. ``"gym"`` steps
 one MetaEnv instance per slot; other backends (for example a batched MuJoCo backend) register
@@ -24,7 +30,7 @@ import os
 import signal
 import traceback
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,9 +55,17 @@ class Stepper(Protocol):
     def reset(self, tasks: list[Any], seeds: np.ndarray) -> np.ndarray:
         """Set slot i to tasks[i], reset it with seeds[i]. Returns obs [n, obs_dim]."""
 
-    def step(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Step active slots. Returns next obs [n, obs_dim], rewards [n], terminated [n],
-        success [n] (NaN where not reported); inactive slots return zeros/False."""
+    def step(
+        self, actions: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step active slots once. Returns next obs [n, obs_dim], rewards [n], terminated [n],
+        success [n] (NaN where not reported) and unstable [n] (the simulation state became
+        non-finite: such a slot is also terminated); inactive slots return zeros/False/NaN.
+
+        Auto-reset: if ``reset_seeds`` is given, every active slot whose episode ended in this
+        step is reset in the same call, keeping its task, exactly as ``env.reset(seed=
+        reset_seeds[i])`` would, and its returned observation is the reset observation (the
+        other outputs still describe the step that ended)."""
 
     def close(self) -> None: ...
 
@@ -92,19 +106,25 @@ class GymStepper:
             obs[i], _ = env.reset(seed=int(seed))
         return obs
 
-    def step(self, actions: np.ndarray, active: np.ndarray):
+    def step(self, actions: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray | None = None):
         n = len(self._slots)
         obs = np.zeros((n, self.obs_dim))
         rew = np.zeros(n)
         term = np.zeros(n, dtype=bool)
         succ = np.full(n, np.nan)
+        unstable = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(active):
-            o, r, te, _tr, info = self._slots[i].step(actions[i])
+            env = self._slots[i]
+            o, r, te, _tr, info = env.step(actions[i])
             obs[i], rew[i], term[i] = o, r, te
+            if not (np.isfinite(obs[i]).all() and np.isfinite(rew[i])):
+                unstable[i] = term[i] = True
             s = info.get("success")
             if s is not None:
                 succ[i] = float(s)
-        return obs, rew, term, succ
+            if term[i] and reset_seeds is not None:
+                obs[i], _ = env.reset(seed=int(reset_seeds[i]))
+        return obs, rew, term, succ, unstable
 
     def close(self) -> None:
         for pool in self._pool.values():
@@ -314,85 +334,155 @@ class Sampler:
         try:
             used = [(w, s) for w, s in zip(self._workers, blocks) if s.stop > s.start]
             for w, s in used:
-                w.send(cmd, *(a[s] for a in arrays))
+                w.send(cmd, *(None if a is None else a[s] for a in arrays))
             return [w.recv() for w, _ in used]
         except BaseException:  # a dead or failing worker, or Ctrl-C mid-batch: shut everything down
             self.close()
             raise
 
-    def collect(self, tasks: list[Any], episodes_per_task: int, actor: Actor, rng: np.random.Generator) -> Batch:
-        """Run ``episodes_per_task`` whole episodes for every task in ``tasks``.
+    def collect(
+        self,
+        tasks: list[Any],
+        episodes_per_task: int,
+        actor: Actor,
+        rng: np.random.Generator | Sequence[np.random.Generator],
+        unit: str = "episodes",
+        keep_tails: bool = False,
+    ) -> Batch:
+        """One sampling round of ``episodes_per_task`` slots for every task in ``tasks``.
 
         ``actor`` maps observations [T, E, obs_dim] and standard-normal noise [T, E, act_dim]
-        to (stored actions, environment actions); ``rng`` supplies every random number.
+        to (stored actions, environment actions). ``rng`` supplies every random number: one
+        generator, or one per task (task i's slots then draw only from ``rng[i]``). ``unit``:
+        ``"steps"`` or ``"episodes"`` (see the module docstring); ``keep_tails`` (steps only)
+        keeps each slot's unfinished last episode as a truncated segment.
         """
         if not self._workers:
             raise SamplerError("sampler is closed")
+        if unit not in UNITS:
+            raise ValueError(f"unknown sampling unit {unit!r} (known: {', '.join(UNITS)})")
+        if keep_tails and unit != "steps":
+            raise ValueError("keep_tails applies to the 'steps' sampling unit only")
         T, E, H = len(tasks), int(episodes_per_task), self.horizon
         if T == 0 or E <= 0:
             raise ValueError("collect needs at least one task and one episode per task")
+        draw = _Draws(rng, T, E)
         n = T * E
         slot_tasks = np.empty(n, dtype=object)
         slot_tasks[:] = [t for t in tasks for _ in range(E)]
-        seeds = rng.integers(0, 2**31 - 1, size=n)
         blocks = self._blocks(n)
-        obs_now = np.concatenate(self._call("reset", blocks, slot_tasks, seeds))
+        obs_now = np.concatenate(self._call("reset", blocks, slot_tasks, draw.seeds()))
+        steps_unit = unit == "steps"
 
         obs = np.zeros((n, H, self.obs_dim))
         act = np.zeros((n, H, self.act_dim))
         rew = np.zeros((n, H))
-        valid = np.zeros((n, H), dtype=bool)
-        success = np.full(n, np.nan)
-        terminated = np.zeros(n, dtype=bool)
+        ep_time = np.zeros((n, H), dtype=np.int64)
+        ep_end = np.zeros((n, H), dtype=bool)
+        ep_term = np.zeros((n, H), dtype=bool)
+        ep_success = np.full((n, H), np.nan)
         last_obs = np.zeros((n, self.obs_dim))
-        lengths = np.zeros(n, dtype=np.int64)
-        active = np.ones(n, dtype=bool)
+        active = np.ones(n, dtype=bool)  # episodes unit: slots whose one episode is still running
+        t_in_ep = np.zeros(n, dtype=np.int64)  # length so far of each slot's current episode
+        succ_run = np.full(n, np.nan)  # running max of reported success in the current episode
+        stepped = np.zeros(n, dtype=np.int64)
+        unstable = 0
         for t in range(H):
-            noise = rng.standard_normal((n, self.act_dim))
+            noise = draw.noise(self.act_dim)
             u, a_env = actor(obs_now.reshape(T, E, -1), noise.reshape(T, E, -1))
             u, a_env = u.reshape(n, -1), a_env.reshape(n, -1)
-            parts = self._call("step", blocks, a_env, active)
+            reset_seeds = draw.seeds() if steps_unit else None
+            parts = self._call("step", blocks, a_env, active, reset_seeds)
             if len(parts) == 1:
-                nxt, r, te, sc = parts[0]
+                nxt, r, te, sc, unst = parts[0]
             else:
-                nxt, r, te, sc = (np.concatenate([p[k] for p in parts]) for k in range(4))
+                nxt, r, te, sc, unst = (np.concatenate([p[k] for p in parts]) for k in range(5))
+            te = te & active
+            unstable += int((unst & active).sum())
             # Record the transitions of active slots (inactive rows stay zero). Plain copies
             # when every slot is live; masked copies (no fancy-index gathers) otherwise.
             if active.all():
                 obs[:, t] = obs_now
                 act[:, t] = u
                 rew[:, t] = r
-                valid[:, t] = True
-                lengths += 1
+                ep_time[:, t] = t_in_ep
                 last_obs[:] = nxt
             else:
                 live = active[:, None]
                 np.copyto(obs[:, t], obs_now, where=live)
                 np.copyto(act[:, t], u, where=live)
                 np.copyto(rew[:, t], r, where=active)
-                valid[:, t] = active
-                lengths += active
+                np.copyto(ep_time[:, t], t_in_ep, where=active)
                 np.copyto(last_obs, nxt, where=live)
+            stepped += active
             reported = active & ~np.isnan(sc)
             if reported.any():
-                success[reported] = np.fmax(np.nan_to_num(success[reported], nan=0.0), sc[reported])
-            ended = active & te
-            terminated |= ended
-            active &= ~te
+                succ_run[reported] = np.fmax(np.nan_to_num(succ_run[reported], nan=0.0), sc[reported])
+            t_in_ep += active
+            ended = te | (active & (t_in_ep >= H))  # termination, or the horizon
+            ep_end[:, t] = ended
+            ep_term[:, t] = te
+            ep_success[ended, t] = succ_run[ended]
+            succ_run[ended] = np.nan
+            t_in_ep[ended] = 0  # steps unit: the stepper has already reset these slots
             obs_now = nxt
-            if not active.any():
-                break
-        steps = int(valid.sum())
+            if not steps_unit:
+                active &= ~ended
+                if not active.any():
+                    break
+        if steps_unit:
+            # Each slot's unfinished last episode: dropped (the authors' sampler drops running
+            # paths) or kept as a truncated segment.
+            tail = t_in_ep > 0
+            if keep_tails:
+                ep_end[tail, H - 1] = True
+                ep_success[tail, H - 1] = succ_run[tail]
+                valid = np.ones((n, H), dtype=bool)
+            else:
+                valid = np.arange(H)[None, :] < (H - t_in_ep)[:, None]
+        else:
+            valid = np.arange(H)[None, :] < stepped[:, None]
+        steps = int(stepped.sum())
         self.total_steps += steps
+        # The row's final used episode: terminated, or cut (horizon / kept tail).
+        last_end = H - 1 - np.argmax(ep_end[:, ::-1], axis=1)
+        terminated = ep_term[np.arange(n), last_end]
 
         def shape(x: np.ndarray) -> np.ndarray:
             return x.reshape(T, E, *x.shape[1:])
 
         return Batch(
             tasks=list(tasks), obs=shape(obs), actions=shape(act), rewards=shape(rew), valid=shape(valid),
-            lengths=shape(lengths), terminated=shape(terminated), truncated=shape(~terminated),
-            last_obs=shape(last_obs), success=shape(success), env_steps=steps,
+            ep_time=shape(ep_time), ep_end=shape(ep_end), ep_term=shape(ep_term), ep_success=shape(ep_success),
+            lengths=shape(valid.sum(-1)), terminated=shape(terminated), truncated=shape(~terminated),
+            last_obs=shape(last_obs), env_steps=steps, unstable=unstable,
         )
+
+
+#: Sampling units (docs/protocol.md section 4); ``sampler.unit`` in a run config.
+UNITS = ("steps", "episodes")
+
+
+class _Draws:
+    """Every random number of one round, from one generator or from one generator per task
+    (a task's E slots then draw only from its own stream, in slot order)."""
+
+    def __init__(self, rng: np.random.Generator | Sequence[np.random.Generator], n_tasks: int, per_task: int):
+        self.per_task_rngs = None if isinstance(rng, np.random.Generator) else list(rng)
+        if self.per_task_rngs is not None and len(self.per_task_rngs) != n_tasks:
+            raise ValueError(f"expected one generator per task ({n_tasks}), got {len(self.per_task_rngs)}")
+        self.rng = rng
+        self.n, self.E = n_tasks * per_task, per_task
+
+    def seeds(self) -> np.ndarray:
+        if self.per_task_rngs is None:
+            return self.rng.integers(0, 2**31 - 1, size=self.n)
+        return np.concatenate([r.integers(0, 2**31 - 1, size=self.E) for r in self.per_task_rngs])
+
+    def noise(self, act_dim: int) -> np.ndarray:
+        if self.per_task_rngs is None:
+            return self.rng.standard_normal((self.n, act_dim))
+        return np.concatenate([r.standard_normal((self.E, act_dim)) for r in self.per_task_rngs])
 
 
 # Register the non-gym backends (rlbench.backends imports envs only, never this module).

@@ -2,7 +2,7 @@
 
 Field defaults here are *structural* (what a field means when unset); every number of the
 study comes from :mod:`rlbench.presets`, which fills these dataclasses per environment and
-algorithm from PROTOCOL.md.
+algorithm from docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from rlbench.config import ConfigError
 
 ALGOS = ("drs-ppo", "promp", "drs-trpo", "trpo-maml")
 MetaGradient = Literal["second-order", "first-order", "hessian-free"]
+SamplingUnit = Literal["steps", "episodes"]
 
 
 def _check(cond: bool, prefix: str, key: str, msg: str) -> None:
@@ -24,7 +25,7 @@ def _check(cond: bool, prefix: str, key: str, msg: str) -> None:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Gaussian MLP policy (PROTOCOL.md sections 2-3)."""
+    """Gaussian MLP policy (docs/protocol.md sections 2-3)."""
 
     hidden_sizes: tuple[int, ...] = P.FAMILIES["locomotion"].hidden_sizes  # tanh hidden layers
     init_std: float = P.INIT_STD  # initial std, in the scaled action space
@@ -38,15 +39,26 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """One sampling unit = meta_batch_size tasks x episodes_per_task episodes x horizon."""
+    """One sampling round: meta_batch_size tasks x episodes_per_task slots x horizon steps.
+
+    ``unit`` (docs/protocol.md section 4): ``"steps"`` (the authors' sampler, default) steps
+    every slot for exactly ``horizon`` environment steps, resetting a slot as soon as its
+    episode ends, and learns from every episode completed inside the round (each slot's
+    unfinished tail is dropped, or kept as a truncated segment with ``keep_tails``), so a round
+    costs exactly T x E x H steps; ``"episodes"`` collects exactly E whole episodes per task
+    (a round costs at most T x E x H steps, far fewer on environments that terminate early).
+    """
 
     meta_batch_size: int = P.FAMILIES["locomotion"].meta_batch_size  # tasks per iteration
     episodes_per_task: int = P.FAMILIES["locomotion"].episodes_per_task  # episodes per task per sampling round
     horizon: int = P.FAMILIES["locomotion"].horizon  # max episode length (env steps)
     n_workers: int = 0  # worker processes; 0 = one per core, 1 = in-process
     backend: str = "auto"  # stepper backend: auto | gym | any registered in rlbench.sampler.STEPPERS
+    unit: SamplingUnit = "steps"  # steps (the authors' sampler) | episodes (E whole episodes per task)
+    keep_tails: bool = False  # steps unit: keep each slot's unfinished last episode as a truncated segment
 
     def validate(self, p: str = "") -> None:
+        _check(self.unit == "steps" or not self.keep_tails, p, "keep_tails", "applies to sampler.unit 'steps' only")
         _check(self.meta_batch_size >= 1, p, "meta_batch_size", "must be >= 1")
         _check(self.episodes_per_task >= 1, p, "episodes_per_task", "must be >= 1")
         _check(self.horizon >= 1, p, "horizon", "must be >= 1")
@@ -54,19 +66,23 @@ class SamplerConfig:
 
     @property
     def unit_steps(self) -> int:
-        """Environment steps of one sampling unit when no episode ends early."""
+        """Environment steps of one sampling round: exact for the steps unit, an upper bound
+        for the episodes unit (episodes that end early cost less)."""
         return self.meta_batch_size * self.episodes_per_task * self.horizon
 
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Baseline and advantage estimation (PROTOCOL.md section 3)."""
+    """Baseline and advantage estimation (docs/protocol.md section 3)."""
 
     gamma: float = P.GAMMA
     gae_lambda: float = P.GAE_LAMBDA
     baseline_reg: float = P.BASELINE_REG  # ridge regulariser of the linear feature baseline
     normalize: bool = True  # per-task (A - mean) / (std + 1e-8)
-    bootstrap_truncated: bool = True  # bootstrap horizon-cut episodes with V(s_H); GS: false
+    # False (the authors' code): horizon-cut episodes end with value 0. True bootstraps them with
+    # the linear baseline's V(s_H), which is fitted to truncated returns-to-go and so stays near 0
+    # at t = H: a small change (docs/protocol.md section 9).
+    bootstrap_truncated: bool = False
 
     def validate(self, p: str = "") -> None:
         _check(0 < self.gamma <= 1, p, "gamma", "must lie in (0, 1]")
@@ -78,7 +94,7 @@ _HC = P.HYPER["rlbench/HalfCheetahRandVel-v0"]
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    """Learner settings. Each algorithm reads the fields it uses (PROTOCOL.md section 4).
+    """Learner settings. Each algorithm reads the fields it uses (docs/protocol.md section 4).
 
     Per-environment values (learning rates, KL bounds, inner step sizes, PPO steps) are set
     by rlbench.presets from rlbench.protocol.HYPER; the defaults below are HalfCheetahRandVel's.
@@ -122,19 +138,24 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Meta-test protocol (PROTOCOL.md section 6)."""
+    """Meta-test protocol (docs/protocol.md section 6)."""
 
     n_tasks: int = P.FAMILIES["locomotion"].eval_tasks  # T meta-test tasks per checkpoint (GS: 1000)
     n_updates: int = P.TEST_UPDATES  # adaptation steps; returns recorded at t = 0..n_updates
     episodes_per_task: int = P.FAMILIES["locomotion"].episodes_per_task  # episodes sampled per task at each t
     gs_adam_compat: bool = False  # GS's test-time behaviour (one persistent Adam, GS learning rates)
-    task_chunk: int = 40  # tasks sampled together (memory bound)
+    # Step size of the test-time SGD step; 0 = this run's own effective inner step size. An
+    # experiment sets it on BOTH runs of a pair from the MAML partner (rlbench.presets), so both
+    # sides of a comparison are adapted by the same rule.
+    adapt_lr: float = 0.0
+    task_chunk: int = 40  # tasks sampled together (speed/memory only: results do not depend on it)
 
     def validate(self, p: str = "") -> None:
         _check(self.n_tasks >= 1, p, "n_tasks", "must be >= 1")
         _check(self.n_updates >= 0, p, "n_updates", "must be >= 0")
         _check(self.episodes_per_task >= 1, p, "episodes_per_task", "must be >= 1")
         _check(self.task_chunk >= 1, p, "task_chunk", "must be >= 1")
+        _check(self.adapt_lr >= 0, p, "adapt_lr", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ are never treated as replicates (DESIGN.md principle 6): a seed's score in a cel
 over its meta-test tasks (:func:`seed_scores`), and every test below runs over those seed
 scores.
 
-Two families of statistics (PROTOCOL.md section 7):
+Two families of statistics (docs/protocol.md section 7):
 
 * default: ``P(first better) = 1 - p`` of the one-sided Welch t-test over seed means (exactly
   ``scipy.stats.ttest_ind(a, b, equal_var=False, alternative="greater")``), plus a Welch 95%
@@ -255,7 +255,7 @@ def gs_spread(means: np.ndarray, within_se: np.ndarray) -> np.ndarray:
 def paper_compat(
     means_a: np.ndarray, se_a: np.ndarray, means_b: np.ndarray, se_b: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """GS's statistic (PROTOCOL.md section 7): ``value = 2 F_nu(d / se) - 1`` in [-1, 1].
+    """GS's statistic (docs/protocol.md section 7): ``value = 2 F_nu(d / se) - 1`` in [-1, 1].
 
     means_*: [..., n] seed means, se_*: [..., n] within-seed standard errors (same shape).
     ``s_i = gs_spread(...)``, ``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, ``d = mean_a - mean_b`` and

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 import envs
 from agents.policy import Params
 from agents.registry import make_agent
@@ -27,14 +29,32 @@ class Trainer:
         self.budget = StepBudget(cfg.budget)
         self.iteration = 0
         self._round = 0
+        self._rounds: list[Batch] = []  # this iteration's rounds (for the sampling metrics)
 
     def collect(self, tasks: list[Any], params: Params) -> Batch:
         """Sample through the shared sampler and charge the budget for every real step."""
         rng = seeding.generator(self.cfg.seed, "sample", self.iteration, self._round)
         self._round += 1
-        batch = self.sampler.collect(tasks, self.cfg.sampler.episodes_per_task, self.agent.policy.actor(params), rng)
+        s = self.cfg.sampler
+        batch = self.sampler.collect(tasks, s.episodes_per_task, self.agent.policy.actor(params), rng,
+                                     unit=s.unit, keep_tails=s.keep_tails)
         self.budget.charge(batch.env_steps)
+        self._rounds.append(batch)
         return batch
+
+    def sampling_metrics(self) -> dict[str, float]:
+        """Steps charged and used for learning over this iteration's rounds, and used episodes
+        per task per round (min / mean / max): what the sampling unit changes."""
+        eps = np.concatenate([b.episode_counts() for b in self._rounds])
+        return {
+            "sampling/rounds": len(self._rounds),
+            "sampling/steps_charged": int(sum(b.env_steps for b in self._rounds)),
+            "sampling/steps_used": int(sum(b.used_steps for b in self._rounds)),
+            "sampling/episodes_per_task_min": int(eps.min()),
+            "sampling/episodes_per_task_mean": float(eps.mean()),
+            "sampling/episodes_per_task_max": int(eps.max()),
+            "sampling/unstable_episodes": int(sum(b.unstable for b in self._rounds)),
+        }
 
     def can_iterate(self) -> bool:
         """An iteration starts only if its worst-case cost fits in the remaining budget."""
@@ -48,7 +68,10 @@ class Trainer:
             )
         tasks = self.tasks.sample(self.cfg.sampler.meta_batch_size, seeding.generator(self.cfg.seed, "train-tasks", self.iteration))
         self._round = 0
+        self._rounds = []
         metrics = self.agent.train_iteration(self.collect, tasks, seeding.generator(self.cfg.seed, "minibatch", self.iteration))
+        metrics.update(self.sampling_metrics())
+        self._rounds = []
         self.iteration += 1
         metrics["time/iteration"] = self.iteration
         metrics["budget/env_steps"] = self.budget.used

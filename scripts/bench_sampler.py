@@ -19,7 +19,7 @@ For each environment:
     ``wrapped`` through ``envs.make`` (PassiveEnvChecker, OrderEnforcing, TimeLimit),
     ``unwrapped`` on the bare MetaEnv with the horizon counted by hand.
 (c) ``rlbench.sampler.Sampler.collect`` with the policy in the loop (GaussianMLPPolicy actor,
-    tanh (64, 64) for locomotion, (100, 100) for Meta-World: PROTOCOL.md section 3), at the
+    tanh (64, 64) for locomotion, (100, 100) for Meta-World: docs/protocol.md section 3), at the
     paper's batch shape 40 tasks x 20 episodes x horizon 200 times ``--fraction`` of the
     tasks; Meta-World (gym backend only) at a stated smaller batch (--mw-tasks x
     --mw-episodes x 150). Per backend with 1 worker and with all workers; for the batched
@@ -65,7 +65,7 @@ from rlbench import backends
 from rlbench.sampler import STEPPERS, Sampler, default_workers
 
 DEFAULT_ENVS = ["HalfCheetahRandVel", "Walker2DRandVel", "HopperRandParams", "ML1-Push"]
-PAPER_TASKS, PAPER_EPISODES = 40, 20  # PROTOCOL.md section 4 sampling unit (locomotion)
+PAPER_TASKS, PAPER_EPISODES = 40, 20  # docs/protocol.md section 4 sampling unit (locomotion)
 ROLLOUT_COPIES, ROLLOUT_ENV_STEPS = 400, 20
 TIME_BUDGET = 0.5  # seconds per mj_step / gym-loop measurement
 

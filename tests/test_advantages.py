@@ -1,7 +1,7 @@
 """Baseline, discounted returns, GAE and normalisation (agents/advantages.py) against oracles.
 
 Every expected value is computed here independently: per-episode Python loops for GAE and
-returns, a feature matrix built row by row from PROTOCOL.md section 3 and solved with
+returns, a feature matrix built row by row from docs/protocol.md section 3 and solved with
 ``np.linalg.lstsq`` (ridge as extra rows), and a small example worked out by hand.
 """
 
@@ -39,7 +39,7 @@ def loop_gae(rewards: list[float], values: list[float], v_next: float, gamma: fl
 
 
 def protocol_features(o: np.ndarray, t: float) -> np.ndarray:
-    """PROTOCOL.md section 3: clip(obs, -10, 10), its square, t/100, (t/100)^2, (t/100)^3, 1."""
+    """docs/protocol.md section 3: clip(obs, -10, 10), its square, t/100, (t/100)^2, (t/100)^3, 1."""
     c = np.clip(o, -10, 10)
     s = t / 100.0
     return np.concatenate([c, c**2, [s, s**2, s**3, 1.0]])
@@ -70,10 +70,12 @@ def make_batch(rng: np.random.Generator, lengths: np.ndarray, terminated: np.nda
     # garbage in the padding must never matter
     obs[~valid] = 1e6
     rew[~valid] = 0.0
+    ep_end = np.arange(H) == (lengths[..., None] - 1)
     return Batch(
-        tasks=list(range(T)), obs=obs, actions=np.zeros((T, E, H, 1)), rewards=rew, valid=valid, lengths=lengths,
-        terminated=terminated, truncated=~terminated, last_obs=last, success=np.full((T, E), np.nan),
-        env_steps=int(valid.sum()),
+        tasks=list(range(T)), obs=obs, actions=np.zeros((T, E, H, 1)), rewards=rew, valid=valid,
+        ep_time=np.broadcast_to(np.arange(H), (T, E, H)) * valid, ep_end=ep_end, ep_term=ep_end & terminated[..., None],
+        ep_success=np.full((T, E, H), np.nan), lengths=lengths, terminated=terminated, truncated=~terminated,
+        last_obs=last, env_steps=int(valid.sum()),
     )
 
 

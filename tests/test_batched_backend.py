@@ -54,28 +54,34 @@ def test_stepper_matches_gym_stepper(name):
             scale = np.resize([0.0, 0.4, 1.5], n)[:, None]
             active = np.ones(n, dtype=bool)
             ended_early = 0
+            # Round 2 auto-resets ended slots inside step() (the steps sampling unit).
+            auto_reset = per_task == 2
             for t in range(40):
                 actions = scale * rng.standard_normal((n, gym.act_dim))
-                g, b = gym.step(actions, active), batched.step(actions, active)
-                for what, x, y in zip(("obs", "reward", "terminated", "success"), g, b):
+                reset_seeds = rng.integers(0, 2**31 - 1, size=n) if auto_reset else None
+                g, b = gym.step(actions, active, reset_seeds), batched.step(actions, active, reset_seeds)
+                for what, x, y in zip(("obs", "reward", "terminated", "success", "unstable"), g, b):
                     _same(name, f"step {t} {what}", x, y)
                 ended_early += int((active & g[2]).sum())
-                active &= ~g[2]
+                if not auto_reset:
+                    active &= ~g[2]
                 if not active.any():
                     break
             if name in EARLY_TERMINATION:
-                assert 0 < ended_early < n, f"{name}: want a mix of ended and running episodes, {ended_early}/{n} ended"
+                assert 0 < ended_early, f"{name}: want some episodes to end early"
+                if not auto_reset:
+                    assert ended_early < n, f"{name}: want a mix of ended and running episodes, {ended_early}/{n} ended"
     finally:
         gym.close()
         batched.close()
 
 
-def _collect(env_id: str, backend: str, n_workers: int, horizon: int):
+def _collect(env_id: str, backend: str, n_workers: int, horizon: int, unit: str = "episodes"):
     tasks = envs.get_task_distribution(env_id).sample(3, np.random.default_rng(0))
     with Sampler(env_id, horizon=horizon, n_workers=n_workers, backend=backend) as sampler:
         policy = GaussianMLPPolicy(sampler.obs_dim, sampler.act_dim, (64, 64), init_std=1.0, action_scale=10.0)
         actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
-        batches = [sampler.collect(tasks, 3, actor, np.random.default_rng(seed)) for seed in (1, 2)]
+        batches = [sampler.collect(tasks, 3, actor, np.random.default_rng(seed), unit=unit) for seed in (1, 2)]
         total = sampler.total_steps
     return batches, total
 
@@ -92,23 +98,33 @@ def process_batched():
     del STEPPERS["test-batched-processes"]
 
 
-@pytest.mark.parametrize(("name", "horizon"), [("HopperRandParams", 20), ("HalfCheetahRandVel", 40)])
-def test_sampler_batches_identical_across_backends_and_workers(name, horizon, process_batched):
-    # Hopper at horizon 20: some episodes terminate, others are cut by the horizon.
+@pytest.mark.parametrize(("name", "horizon", "unit"), [
+    ("HopperRandParams", 20, "episodes"), ("HalfCheetahRandVel", 40, "episodes"),
+    ("HopperRandParams", 40, "steps"), ("Walker2DRandParams", 40, "steps"),
+])
+def test_sampler_batches_identical_across_backends_and_workers(name, horizon, unit, process_batched):
+    # Hopper at horizon 20: some episodes terminate, others are cut by the horizon. With the
+    # steps unit, slots auto-reset inside the round, so rows hold several episodes.
     env_id = f"rlbench/{name}-v0"
-    reference, ref_total = _collect(env_id, "gym", 1, horizon)
-    fields = ["obs", "actions", "rewards", "valid", "lengths", "terminated", "truncated", "last_obs", "success"]
+    reference, ref_total = _collect(env_id, "gym", 1, horizon, unit)
+    fields = ["obs", "actions", "rewards", "valid", "lengths", "terminated", "truncated", "last_obs", "ep_time",
+              "ep_end", "ep_term", "ep_success"]
     for backend, n_workers in (("mujoco-batched", 1), ("mujoco-batched", 2), (process_batched, 2)):
-        batches, total = _collect(env_id, backend, n_workers, horizon)
-        assert total == ref_total == sum(int(b.valid.sum()) for b in batches)
+        batches, total = _collect(env_id, backend, n_workers, horizon, unit)
+        assert total == ref_total
+        if unit == "episodes":
+            assert total == sum(int(b.valid.sum()) for b in batches)
         for ref, got in zip(reference, batches):
-            assert got.env_steps == ref.env_steps == int(ref.valid.sum())
+            assert got.env_steps == ref.env_steps
+            assert ref.env_steps == (int(ref.valid.sum()) if unit == "episodes" else 3 * 3 * horizon)
             assert got.tasks == ref.tasks
             for f in fields:
                 _same(f"{name} {backend} x{n_workers}", f, getattr(ref, f), getattr(got, f))
-    if name == "HopperRandParams":
+    if name == "HopperRandParams" and unit == "episodes":
         ended = np.concatenate([b.terminated.ravel() for b in reference])
         assert ended.any() and not ended.all()
+    if unit == "steps":  # some slots really ran several episodes in one round
+        assert max(int(b.ep_end.sum(-1).max()) for b in reference) >= 2
 
 
 def test_only_active_slots_are_stepped_and_counted(monkeypatch):

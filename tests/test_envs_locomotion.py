@@ -1,4 +1,4 @@
-"""The four MuJoCo locomotion meta-environments against PROTOCOL.md section 2.
+"""The four MuJoCo locomotion meta-environments against docs/protocol.md section 2.
 
 Every expected number and formula below is written out from the protocol text, not read
 from envs.locomotion: the tests are oracles for that module, so they must not share its
@@ -26,18 +26,18 @@ pytestmark = pytest.mark.mujoco
 
 ASSETS = Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets"
 
-# PROTOCOL.md section 2, written out.
+# docs/protocol.md section 2, written out.
 PROTOCOL = {
     "HalfCheetahRandVel": {"xml": "half_cheetah.xml", "timestep": 0.01, "frame_skip": 5, "dt": 0.05, "obs": 17, "clip": None},
-    "Walker2DRandVel": {"xml": "walker2d_v5.xml", "timestep": 0.002, "frame_skip": 8, "dt": 0.016, "obs": 17, "clip": 10.0},
+    "Walker2DRandVel": {"xml": "walker2d.xml", "timestep": 0.002, "frame_skip": 8, "dt": 0.016, "obs": 17, "clip": 10.0},
     "HopperRandParams": {"xml": "hopper.xml", "timestep": 0.004, "frame_skip": 4, "dt": 0.016, "obs": 11, "clip": 10.0},
-    "Walker2DRandParams": {"xml": "walker2d_v5.xml", "timestep": 0.004, "frame_skip": 4, "dt": 0.016, "obs": 17, "clip": 10.0},
+    "Walker2DRandParams": {"xml": "walker2d.xml", "timestep": 0.004, "frame_skip": 4, "dt": 0.016, "obs": 17, "clip": 10.0},
 }
 NAMES = list(PROTOCOL)
 
 
 def protocol_reward(name: str, v: float, a: np.ndarray, goal: float | None) -> float:
-    """Reward per step, PROTOCOL.md section 2 table."""
+    """Reward per step, docs/protocol.md section 2 table."""
     if name == "HalfCheetahRandVel":
         return -abs(v - goal) - 0.05 * float(a @ a)
     if name == "Walker2DRandVel":
@@ -46,7 +46,7 @@ def protocol_reward(name: str, v: float, a: np.ndarray, goal: float | None) -> f
 
 
 def protocol_terminated(name: str, qpos: np.ndarray, qvel: np.ndarray) -> bool:
-    """Episode end rule, PROTOCOL.md section 2 table (qpos = [rootx, rootz, rooty, ...])."""
+    """Episode end rule, docs/protocol.md section 2 table (qpos = [rootx, rootz, rooty, ...])."""
     height, angle = qpos[1], qpos[2]
     if name == "HalfCheetahRandVel":
         return False
@@ -196,7 +196,7 @@ def test_reset_noise_bounds(name):
 
 
 RAND_PARAMS = ["HopperRandParams", "Walker2DRandParams"]
-# base ** U(-3, 3) per element (PROTOCOL.md section 2)
+# base ** U(-3, 3) per element (docs/protocol.md section 2)
 BOUNDS = {"body_mass": 1.5**3, "body_inertia": 1.5**3, "geom_friction": 1.5**3, "dof_damping": 1.3**3}
 
 

@@ -1,4 +1,4 @@
-"""Meta-World ML1-Push, ML1-Reach, ML10, ML45 against PROTOCOL.md section 2 and metaworld itself.
+"""Meta-World ML1-Push, ML1-Reach, ML10, ML45 against docs/protocol.md section 2 and metaworld itself.
 
 Oracles: the class lists of the paper/protocol written out below, metaworld's own benchmark
 objects and scripted policies, and a second Python process (goals must not depend on the

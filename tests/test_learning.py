@@ -5,7 +5,7 @@ origin, goal unobserved) and one slow HalfCheetahRandVel run.
   tasks (same tasks and same evaluation noise before and after training, so the comparison
   is paired); the gain must exceed an absolute margin and 10 sampling standard errors.
 * ProMP and TRPO-MAML must show a clear adaptation gain on meta-test tasks after a short
-  training run: the return after one ``adapt`` step (the paired inner update, PROTOCOL.md
+  training run: the return after one ``adapt`` step (the paired inner update, docs/protocol.md
   section 6.3) above the return before it, averaged over tasks, for two seeds; and the gain
   must be well above the gain of the untrained policy (training taught it to adapt).
 
@@ -48,7 +48,7 @@ def eval_tasks(env_id: str, n: int = EVAL_TASKS):
 def episode_returns(sampler, trainer, params, tasks, episodes: int = EVAL_EPISODES, seed: int = 1234) -> np.ndarray:
     """Returns of every evaluation episode, [tasks, episodes]."""
     batch = sampler.collect(tasks, episodes, trainer.agent.policy.actor(params), np.random.default_rng(seed))
-    return batch.episode_returns()
+    return batch.first_episode_returns()
 
 
 def adaptation(cfg, sampler, trainer, tasks) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +58,7 @@ def adaptation(cfg, sampler, trainer, tasks) -> tuple[np.ndarray, np.ndarray]:
     tb = process(agent.policy, agent.params, pre, cfg.advantage, DTYPES[cfg.dtype])
     phi = adapt(agent.policy, agent.params, tb, cfg.algo_cfg.inner_lr, cfg.paired_inner)
     post = sampler.collect(tasks, EVAL_EPISODES, agent.policy.actor(phi), np.random.default_rng(6))
-    return pre.episode_returns(), post.episode_returns()
+    return pre.first_episode_returns(), post.first_episode_returns()
 
 
 def difference(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:

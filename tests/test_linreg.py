@@ -1,4 +1,4 @@
-"""Oracle tests for rlbench.theory.linreg (Gao & Sener 2020, section 4 / Figure 3; PROTOCOL.md s.8).
+"""Oracle tests for rlbench.theory.linreg (Gao & Sener 2020, section 4 / Figure 3; docs/protocol.md s.8).
 
 Each closed form is checked against something computed independently: numerical minimisers
 of the literal empirical objectives, Monte Carlo simulation of tasks and of adaptation, and

@@ -1,5 +1,5 @@
 """The MAML agents and the shared adaptation step (agents/core.py, agents/maml.py) and the
-equal-budget arithmetic of the Trainer (PROTOCOL.md sections 4-5), against oracles:
+equal-budget arithmetic of the Trainer (docs/protocol.md sections 4-5), against oracles:
 independent per-task autograd, torch.distributions, and hand arithmetic of step counts."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def ref_logp(p, obs, acts):
 
 
 def ref_task_loss(kind: str, p, tb: TensorBatch, t: int) -> torch.Tensor:
-    """Task t's inner loss over its real transitions only (PROTOCOL.md section 4)."""
+    """Task t's inner loss over its real transitions only (docs/protocol.md section 4)."""
     m = tb.mask[t] > 0
     obs, acts, adv = tb.obs[t][m], tb.actions[t][m], tb.advantages[t][m]
     lp = ref_logp(p, obs, acts)

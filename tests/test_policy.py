@@ -1,5 +1,5 @@
 """GaussianMLPPolicy and PolicyActor (agents/policy.py) against torch.distributions and
-PROTOCOL.md section 2 ("Actions": mean and std in units of 10 x the env action, samples
+docs/protocol.md section 2 ("Actions": mean and std in units of 10 x the env action, samples
 divided by 10 and clipped before the env, log-probabilities of the unclipped sample, std 1.0
 in the scaled space at initialisation)."""
 

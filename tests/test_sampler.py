@@ -29,7 +29,8 @@ from rlbench.sampler import Sampler, SamplerError
 POINT = "rlbench/PointGoal-v0"
 CHEETAH = "rlbench/HalfCheetahRandVel-v0"
 HOPPER = "rlbench/HopperRandParams-v0"
-FIELDS = ("obs", "actions", "rewards", "valid", "lengths", "terminated", "truncated", "last_obs", "success")
+FIELDS = ("obs", "actions", "rewards", "valid", "lengths", "terminated", "truncated", "last_obs", "ep_time", "ep_end",
+          "ep_term", "ep_success")
 
 
 def policy_for(sampler: Sampler, hidden=(8,)) -> GaussianMLPPolicy:

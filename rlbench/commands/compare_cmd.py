@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # numpy/pandas/matplotlib are imported inside the functions that use them: the CLI imports
 # every command module to build its parser, and `rlbench envs` should not pay for matplotlib.
 
-#: The two comparisons of the paper (PROTOCOL.md section 1): DRS method first, MAML method second.
+#: The two comparisons of the paper (docs/protocol.md section 1): DRS method first, MAML method second.
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("drs-ppo", "promp"), ("drs-trpo", "trpo-maml"))
 #: Columns the runner writes to ``evaluation.csv`` (the input format of this command).
 EVAL_COLUMNS = ("env_id", "algo", "seed", "checkpoint", "budget_mark", "env_steps", "test_update", "task",
@@ -296,6 +296,6 @@ def register(sub) -> None:
                         "drs-trpo:trpo-maml where present)")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; only its own files are written)")
     p.add_argument("--paper-compat", action="store_true",
-                   help="contour in the authors' (GS) statistic and style: 2P-1, 50 levels (PROTOCOL.md section 7)")
+                   help="contour in the authors' (GS) statistic and style: 2P-1, 50 levels (docs/protocol.md section 7)")
     p.add_argument("--metric", choices=METRICS, default="return", help="score to compare (default: return)")
     p.set_defaults(func=_run)

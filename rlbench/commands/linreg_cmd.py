@@ -2,7 +2,7 @@
 
 Computes, over a grid of M (tasks) and N (points per task), the fraction of simulated datasets
 for which the MAML estimate has lower expected loss than the DRS estimate, before and after
-adaptation (PROTOCOL.md section 8), and writes ``linreg.csv``, ``linreg.png``, ``linreg.pdf``
+adaptation (docs/protocol.md section 8), and writes ``linreg.csv``, ``linreg.png``, ``linreg.pdf``
 and ``linreg.json`` (settings, versions, wall time) into ``--out``. Defaults come from
 ``rlbench.theory.linreg.DEFAULTS``.
 """
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         "wall_seconds": round(wall_s, 2),
         "moments": "exact (Gauss-Legendre, Haar average)" if settings["p"] <= 12 else "Monte Carlo",
         "versions": store.versions(),
-        "reference": "Gao & Sener, Modeling and Optimization Trade-off in Meta-learning, NeurIPS 2020, Fig. 3; PROTOCOL.md s.8",
+        "reference": "Gao & Sener, Modeling and Optimization Trade-off in Meta-learning, NeurIPS 2020, Fig. 3; docs/protocol.md s.8",
     }
     return finish(paths["json"], meta, paths, wall_s)
 

@@ -1,7 +1,7 @@
 """Meta-linear regression: DRS vs MAML estimates, reproducing Figure 3 of Gao & Sener (2020).
 
 Gao & Sener, "Modeling and Optimization Trade-off in Meta-learning", NeurIPS 2020, section 4;
-the model and the quantities below are specified in PROTOCOL.md section 8.
+the model and the quantities below are specified in docs/protocol.md section 8.
 
 Task model (one task g)::
 
@@ -79,7 +79,7 @@ BASIS: tuple[str, ...] = ("Q", "Q^2", "Q^3", "tr(Q^2) Q")
 
 @dataclass(frozen=True)
 class Figure3Defaults:
-    """Default settings of the Figure 3 study (Gao & Sener 2020, section 4; PROTOCOL.md s.8).
+    """Default settings of the Figure 3 study (Gao & Sener 2020, section 4; docs/protocol.md s.8).
 
     The paper's text and PROTOCOL do not list the grid; the ranges follow the authors'
     released code (isl-org/MetaLearningTradeoffs, ``linear_regression/algorithms.py``:
@@ -146,7 +146,7 @@ def haar_so(n: int, p: int, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LinRegTasks:
-    """The task distribution of PROTOCOL.md section 8 (paper section 4)."""
+    """The task distribution of docs/protocol.md section 8 (paper section 4)."""
 
     p: int = 1
     #: theta_g ~ U([0, theta_high]^p); its coordinates are also the eigenvalues of Q_g.
@@ -305,7 +305,7 @@ def drs_estimate(stats: DatasetStats) -> np.ndarray:
 
 
 def maml_estimate(stats: DatasetStats, alphas: np.ndarray | float) -> np.ndarray:
-    """MAML with one inner step of size alpha (PROTOCOL.md s.8). Returns [len(alphas), B, p].
+    """MAML with one inner step of size alpha (docs/protocol.md s.8). Returns [len(alphas), B, p].
 
     With G1, b1 (G2, b2) the normalised statistics of the first (second) half of task j, the
     adapted parameters are theta_j = P_j theta + alpha b1_j, P_j = I - alpha G1_j, and the
@@ -457,12 +457,12 @@ def population_optimum(moments: TaskMoments, coef: np.ndarray) -> np.ndarray:
 
 
 def theta_drs_star(moments: TaskMoments) -> np.ndarray:
-    """theta_drs* = E[Q]^-1 E[Q theta_g] (PROTOCOL.md s.8)."""
+    """theta_drs* = E[Q]^-1 E[Q theta_g] (docs/protocol.md s.8)."""
     return population_optimum(moments, weight_coefficients("before"))
 
 
 def theta_maml_star(moments: TaskMoments, alpha: float, n: int | None = None) -> np.ndarray:
-    """theta_maml*(alpha) = E[S]^-1 E[S theta_g] (PROTOCOL.md s.8, the N -> infinity limit).
+    """theta_maml*(alpha) = E[S]^-1 E[S theta_g] (docs/protocol.md s.8, the N -> infinity limit).
 
     With ``n`` given: E[A]^-1 E[A theta_g], the limit of the MAML estimate as M -> infinity at
     fixed N (the empirical MAML objective averages to E_g ||theta - theta_g||^2_{A_g}), which
