@@ -6,6 +6,7 @@ Fisher-vector products taken through the inner steps). docs/protocol.md section 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from agents.core import (
     process,
     trpo_step,
 )
-from agents.policy import GaussianMLPPolicy, Params, expand_params
+from agents.policy import GaussianMLPPolicy, Params, expand_params, torch_threads
 from rlbench.settings import RunConfig
 
 #: The batched implementation works on groups of tasks whose largest activation tensor
@@ -43,6 +44,27 @@ def task_chunks(n_tasks: int, per_task: int, width: int) -> list[slice]:
     """Contiguous task ranges of about ``CHUNK_ELEMENTS / (per_task * width)`` tasks each."""
     size = max(1, CHUNK_ELEMENTS // max(1, per_task * width))
     return [slice(i, min(i + size, n_tasks)) for i in range(0, n_tasks, size)]
+
+
+def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """[fn(x) for x in items], with the groups spread over as many Python threads as torch
+    has intra-op threads, each running torch single-threaded. Groups are independent
+    autograd graphs, so the threads never wait for each other inside an operation (OpenMP
+    regions on a few-MB tensor wait at a barrier for every thread, which stalls badly when
+    the cores are shared). Results come back in item order, so sums over groups are taken in
+    the same order for any thread count."""
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _sum_all(parts: list[Params]) -> Params:
+    total = None
+    for g in parts:
+        total = _add_into(total, g)
+    return total
 
 
 def _rows(params: Params, rows: slice) -> Params:
@@ -84,8 +106,8 @@ class MAMLBase(LearnerBase):
             if self.impl == "reference":
                 g = metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1]), phi)
             else:
-                parts = [metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1].tasks(c)), _rows(phi, c))
-                         for c in self.chunks(inner[-1])]
+                parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
+                                   self.chunks(inner[-1]))
                 g = {n: torch.cat([p[n] for p in parts]) for n in phi}
             phi = {n: phi[n] - self.inner_lr * g[n] for n in phi}
             if k < K - 1:
@@ -169,22 +191,28 @@ class ProMP(MAMLBase):
             mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-            total: Params | None = None
-            for c, mu0 in zip(chunks, mu_old):
-                total = _add_into(total, self._group_gradient(theta, old, mu0, [tb.tasks(c) for tb in inner], post.tasks(c), T))
+            total = _sum_all(map_groups(
+                lambda i, theta=theta: self._group_gradient(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner], post.tasks(chunks[i]), T),
+                list(range(len(chunks)))))
             self.optimizer.zero_grad()
             for k, g in total.items():
                 self.params[k].grad = g
             self.optimizer.step()
+        new = {k: v.detach() for k, v in self.params.items()}
+
+        def after(i: int) -> tuple[float, float]:
+            pre_c = pre.tasks(chunks[i])
+            with torch.no_grad():
+                kl_c = float(pre_c.task_mean(self.policy.kl_of_means(old, mu_old[i], new, self.policy.mean(new, pre_c.obs))).sum())
+            losses = self.inner_losses([tb.tasks(chunks[i]) for tb in inner])
+            phi = metagrad.inner_chain(as_stacked(new, pre_c.n_tasks), losses, self.inner_lr)[-1]
+            with torch.no_grad():
+                return kl_c, float(self.outer_terms(post.tasks(chunks[i]), phi).sum())
+
         kl_sum = outer_sum = 0.0
-        for c, mu0 in zip(chunks, mu_old):
-            pre_c = pre.tasks(c)
-            with torch.no_grad():
-                kl_sum += float(pre_c.task_mean(self.policy.kl_of_means(old, mu0, self.params, self.policy.mean(self.params, pre_c.obs))).sum())
-            losses = self.inner_losses([tb.tasks(c) for tb in inner])
-            phi = metagrad.inner_chain(as_stacked(self.params, pre_c.n_tasks), losses, self.inner_lr)[-1]
-            with torch.no_grad():
-                outer_sum += float(self.outer_terms(post.tasks(c), phi).sum())
+        for kl_c, outer_c in map_groups(after, list(range(len(chunks)))):
+            kl_sum += kl_c
+            outer_sum += outer_c
         kl, outer_after = kl_sum / T, -outer_sum / T
         return {**stats, **self._finish(kl, outer_after)}
 
@@ -287,32 +315,32 @@ class TRPOMAML(MAMLBase):
         keeps its inner-step and KL Hessian-vector graphs for all conjugate-gradient steps,
         and the line search adapts each candidate once for both its loss and its KL."""
         old = {k: v.detach().clone() for k, v in self.params.items()}
-        groups = []
-        for c in self.chunks(post):
+
+        def build(c: slice) -> dict[str, Any]:
             losses = self.inner_losses([tb.tasks(c) for tb in inner])
             post_c = post.tasks(c)
             phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
             kl_fn = self._kl(post_c, phis[-1], T)
-            groups.append({
+            return {
                 "losses": losses, "phis": phis, "surrogate": self._surrogate(post_c, T), "kl": kl_fn, "n": post_c.n_tasks,
                 "ops": metagrad.chain_operators(phis, losses, self.estimator, self.delta),
                 "kl_op": metagrad.hvp_operator(kl_fn, phis[-1], "second-order", 0.0),
-            })
+            }
+
+        groups = map_groups(build, self.chunks(post))
 
         def pull(grp: dict, v: Params) -> Params:
             return _sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
 
-        g = None
-        for grp in groups:
-            g = _add_into(g, pull(grp, metagrad.grad(grp["surrogate"], grp["phis"][-1])))
+        g = _sum_all(map_groups(lambda grp: pull(grp, metagrad.grad(grp["surrogate"], grp["phis"][-1])), groups))
 
         def fvp(v: Params) -> Params:
-            out = None
-            for grp in groups:
+            def one(grp: dict) -> Params:
                 u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
                 ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
-                out = _add_into(out, pull(grp, grp["kl_op"](ju)))
-            return out
+                return pull(grp, grp["kl_op"](ju))
+
+            return _sum_all(map_groups(one, groups))
 
         cache: dict[str, Any] = {}
 
@@ -321,12 +349,16 @@ class TRPOMAML(MAMLBase):
             if "theta" in cache and all(torch.equal(theta[k], cache["theta"][k]) for k in theta):
                 return cache["value"]
             at_old = all(torch.equal(theta[k], old[k]) for k in theta)
-            loss = kl = 0.0
-            for grp in groups:
+
+            def one(grp: dict) -> tuple[torch.Tensor, torch.Tensor]:
                 phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
                 with torch.no_grad():
-                    loss = loss + grp["surrogate"](phi)
-                    kl = kl + grp["kl"](phi)
+                    return grp["surrogate"](phi), grp["kl"](phi)
+
+            loss = kl = 0.0
+            for loss_c, kl_c in map_groups(one, groups):
+                loss = loss + loss_c
+                kl = kl + kl_c
             cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
             return loss, kl
 
