@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from agents import metagrad
-from agents.advantages import TensorBatch
+from agents.advantages import TensorBatch, compute_advantages, to_tensors
 from agents.core import (
     INNER_LOSSES_OF_LOGP,
     Collect,
     LearnerBase,
+    advantage_settings,
     as_stacked,
     inner_loss_fn,
     ppo_clip_objective,
@@ -91,7 +92,19 @@ class MAMLBase(LearnerBase):
         self.delta = cfg.algo_cfg.hf_delta
 
     def _process(self, batch, params: Params) -> TensorBatch:
-        return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
+        if self.impl == "reference":
+            return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
+        # agents.core.process with the log-probabilities taken by task groups
+        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage)), self.dtype)
+        p = {k: v.detach() for k, v in params.items()}
+        stacked = p["W0"].dim() == 3
+
+        def logp(c: slice) -> torch.Tensor:
+            with torch.no_grad():
+                return self.policy.log_prob(_rows(p, c) if stacked else p, tb.obs[c], tb.actions[c])
+
+        tb.logp_old = torch.cat(map_groups(logp, self.chunks(tb)))
+        return tb
 
     def sample_rounds(self, collect: Collect, tasks: list[Any]) -> tuple[list[TensorBatch], TensorBatch, dict[str, float]]:
         """Pre-adaptation and K-1 intermediate rounds (the inner batches), then the
