@@ -1,6 +1,16 @@
 """The MAML family: one core (sampling rounds, inner chain, meta-gradient estimator) composed
 with an outer learner: ProMP (PPO-clip + KL penalty, Adam) and TRPO-MAML (TRPO step with
 Fisher-vector products taken through the inner steps). docs/protocol.md section 4.
+
+Two implementations of the same update (``impl``): ``"reference"`` differentiates whole-batch
+losses with autograd, exactly as written in the protocol; ``"batched"`` (the default) splits
+the tasks into groups of a few MB of activations (:func:`task_chunks`), runs the groups on
+as many threads as the learner has (:func:`map_groups`) and sums their per-task terms. It
+also shares forward passes the maths allows (ProMP: the pre-adaptation mean feeds the inner
+loss and the KL penalty, the old policy's mean is computed once for all Adam steps; TRPO-MAML:
+Hessian-vector graphs built once per group for all conjugate-gradient steps, one adaptation
+per line-search candidate). Both give the same numbers up to float rounding
+(tests/test_maml_batched.py).
 """
 
 from __future__ import annotations
