@@ -63,10 +63,14 @@ def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     autograd graphs, so the threads never wait for each other inside an operation (OpenMP
     regions on a few-MB tensor wait at a barrier for every thread, which stalls badly when
     the cores are shared). Results come back in item order, so sums over groups are taken in
-    the same order for any thread count."""
-    workers = min(torch.get_num_threads(), len(items))
-    if workers <= 1:
+    the same order for any thread count. Several groups always run on pool threads, even with
+    one worker: a group computed on the main thread was seen to round differently in the last
+    bit from one computed on a pool thread (TRPO-MAML's conjugate gradient amplifies such
+    differences). Bit-identity across thread counts is still not guaranteed (it was seen to
+    hold in a fresh process and not always after other work in the same process)."""
+    if len(items) <= 1:
         return [fn(x) for x in items]
+    workers = max(1, min(torch.get_num_threads(), len(items)))
     with torch_threads(1), ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, items))
 
