@@ -162,6 +162,10 @@ class TensorBatch:
         """Mean over each task's real transitions. x [T, N] -> [T]."""
         return (x * self.mask).sum(-1) / self.mask.sum(-1).clamp_min(1)
 
+    def tasks(self, rows: slice) -> TensorBatch:
+        """The batch of a contiguous range of tasks (views, no copy)."""
+        return TensorBatch(self.obs[rows], self.actions[rows], self.advantages[rows], self.mask[rows], self.logp_old[rows])
+
     def pooled_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over all real transitions of the batch (DRS pools tasks). x [T, N] -> []."""
         return (x * self.mask).sum() / self.mask.sum().clamp_min(1)

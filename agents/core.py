@@ -40,19 +40,34 @@ def process(policy: GaussianMLPPolicy, params: Params, batch: Batch, adv: Advant
 def lr_surrogate(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch) -> torch.Tensor:
     """ProMP's inner loss per task: -mean(pi_theta / pi_old * A). Its gradient at theta_old is
     the policy gradient; its Hessian is ProMP's low-variance curvature estimate. Shape [T]."""
-    ratio = torch.exp(policy.log_prob(params, tb.obs, tb.actions) - tb.logp_old)
+    return lr_surrogate_of_logp(policy.log_prob(params, tb.obs, tb.actions), tb)
+
+
+def lr_surrogate_of_logp(logp: torch.Tensor, tb: TensorBatch) -> torch.Tensor:
+    ratio = torch.exp(logp - tb.logp_old)
     return -tb.task_mean(ratio * tb.advantages)
 
 
 def loglik_loss(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch) -> torch.Tensor:
     """TRPO-MAML's inner loss per task: -mean(log pi * A). Shape [T]."""
-    return -tb.task_mean(policy.log_prob(params, tb.obs, tb.actions) * tb.advantages)
+    return loglik_loss_of_logp(policy.log_prob(params, tb.obs, tb.actions), tb)
+
+
+def loglik_loss_of_logp(logp: torch.Tensor, tb: TensorBatch) -> torch.Tensor:
+    return -tb.task_mean(logp * tb.advantages)
 
 
 #: Inner loss of each MAML algorithm (and of the DRS agent it pairs with at meta-test time).
 INNER_LOSSES: dict[str, Callable[[GaussianMLPPolicy, Params, TensorBatch], torch.Tensor]] = {
     "promp": lr_surrogate,
     "trpo-maml": loglik_loss,
+}
+
+
+#: The same losses as functions of log pi(a|s) (callers that already hold the policy's mean).
+INNER_LOSSES_OF_LOGP: dict[str, Callable[[torch.Tensor, TensorBatch], torch.Tensor]] = {
+    "promp": lr_surrogate_of_logp,
+    "trpo-maml": loglik_loss_of_logp,
 }
 
 

@@ -1,34 +1,124 @@
 """The MAML family: one core (sampling rounds, inner chain, meta-gradient estimator) composed
 with an outer learner: ProMP (PPO-clip + KL penalty, Adam) and TRPO-MAML (TRPO step with
 Fisher-vector products taken through the inner steps). docs/protocol.md section 4.
+
+Two implementations of the same update (``impl``): ``"reference"`` differentiates whole-batch
+losses with autograd, exactly as written in the protocol; ``"batched"`` (the default) splits
+the tasks into groups of a few MB of activations (:func:`task_chunks`), runs the groups on
+as many threads as the learner has (:func:`map_groups`) and sums their per-task terms. It
+also shares forward passes the maths allows (ProMP: the pre-adaptation mean feeds the inner
+loss and the KL penalty, the old policy's mean is computed once for all Adam steps; TRPO-MAML:
+Hessian-vector graphs built once per group for all conjugate-gradient steps, one adaptation
+per line-search candidate). Both give the same numbers up to float rounding
+(tests/test_maml_batched.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
 from agents import metagrad
-from agents.advantages import TensorBatch
-from agents.core import Collect, LearnerBase, as_stacked, inner_loss_fn, ppo_clip_objective, process, trpo_step
-from agents.policy import GaussianMLPPolicy, Params
+from agents.advantages import TensorBatch, compute_advantages, to_tensors
+from agents.core import (
+    INNER_LOSSES_OF_LOGP,
+    Collect,
+    LearnerBase,
+    advantage_settings,
+    as_stacked,
+    inner_loss_fn,
+    ppo_clip_objective,
+    process,
+    trpo_step,
+)
+from agents.policy import GaussianMLPPolicy, Params, expand_params, torch_threads
 from rlbench.settings import RunConfig
+
+#: The batched implementation works on groups of tasks whose largest activation tensor
+#: ([tasks, transitions, hidden width]) has about this many elements (4 MB in float32). Every
+#: MAML quantity is a sum of per-task terms, so grouping changes nothing but the order of
+#: float additions; it keeps each temporary small enough for the allocator to reuse freed
+#: memory instead of mapping fresh pages for every operation, which cost more than the
+#: arithmetic at the paper's batch shape (40 tasks x 4000 transitions x 64).
+CHUNK_ELEMENTS = 1 << 20
+
+#: ``impl`` of the MAML learners: "batched" (default) or "reference" (the straightforward
+#: whole-batch autograd implementation, kept as the oracle of tests/test_maml_batched.py).
+IMPLS = ("batched", "reference")
+
+
+def task_chunks(n_tasks: int, per_task: int, width: int) -> list[slice]:
+    """Contiguous task ranges of about ``CHUNK_ELEMENTS / (per_task * width)`` tasks each."""
+    size = max(1, CHUNK_ELEMENTS // max(1, per_task * width))
+    return [slice(i, min(i + size, n_tasks)) for i in range(0, n_tasks, size)]
+
+
+def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """[fn(x) for x in items], with the groups spread over as many Python threads as torch
+    has intra-op threads, each running torch single-threaded. Groups are independent
+    autograd graphs, so the threads never wait for each other inside an operation (OpenMP
+    regions on a few-MB tensor wait at a barrier for every thread, which stalls badly when
+    the cores are shared). Results come back in item order, so sums over groups are taken in
+    the same order for any thread count. Several groups always run on pool threads, even with
+    one worker: a group computed on the main thread was seen to round differently in the last
+    bit from one computed on a pool thread (TRPO-MAML's conjugate gradient amplifies such
+    differences). Bit-identity across thread counts is still not guaranteed (it was seen to
+    hold in a fresh process and not always after other work in the same process)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    workers = max(1, min(torch.get_num_threads(), len(items)))
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _sum_all(parts: list[Params]) -> Params:
+    total = None
+    for g in parts:
+        total = _add_into(total, g)
+    return total
+
+
+def _rows(params: Params, rows: slice) -> Params:
+    return {k: v[rows] for k, v in params.items()}
+
+
+def _add_into(acc: Params | None, g: Params) -> Params:
+    if acc is None:
+        return dict(g)
+    return {k: acc[k] + g[k] for k in acc}
 
 
 class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
     sampling rounds go through the shared sampler and are charged to the budget."""
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
+    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
         super().__init__(cfg, policy, params)
+        if impl not in IMPLS:
+            raise ValueError(f"unknown MAML implementation {impl!r} (known: {', '.join(IMPLS)})")
+        self.impl = impl
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.estimator = cfg.algo_cfg.meta_gradient
         self.delta = cfg.algo_cfg.hf_delta
 
     def _process(self, batch, params: Params) -> TensorBatch:
-        return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
+        if self.impl == "reference":
+            return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
+        # agents.core.process with the log-probabilities taken by task groups
+        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage)), self.dtype)
+        p = {k: v.detach() for k, v in params.items()}
+        stacked = p["W0"].dim() == 3
+
+        def logp(c: slice) -> torch.Tensor:
+            with torch.no_grad():
+                return self.policy.log_prob(_rows(p, c) if stacked else p, tb.obs[c], tb.actions[c])
+
+        tb.logp_old = torch.cat(map_groups(logp, self.chunks(tb)))
+        return tb
 
     def sample_rounds(self, collect: Collect, tasks: list[Any]) -> tuple[list[TensorBatch], TensorBatch, dict[str, float]]:
         """Pre-adaptation and K-1 intermediate rounds (the inner batches), then the
@@ -40,7 +130,12 @@ class MAMLBase(LearnerBase):
         stats = {f"pre/{k.split('/', 1)[1]}": v for k, v in pre.stats().items()}
         phi = theta
         for k in range(K):
-            g = metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1]), phi)
+            if self.impl == "reference":
+                g = metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1]), phi)
+            else:
+                parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
+                                   self.chunks(inner[-1]))
+                g = {n: torch.cat([p[n] for p in parts]) for n in phi}
             phi = {n: phi[n] - self.inner_lr * g[n] for n in phi}
             if k < K - 1:
                 inner.append(self._process(collect(tasks, phi), phi))
@@ -52,6 +147,18 @@ class MAMLBase(LearnerBase):
 
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
         return [inner_loss_fn(self.algo, self.policy, tb) for tb in inner]
+
+    def chunks(self, tb: TensorBatch) -> list[slice]:
+        """Task groups of the batched implementation. One group for the Hessian-free estimator:
+        its finite-difference radius is set by the norm of the vector over *all* tasks, so
+        grouping would change the estimate, not only the rounding."""
+        if self.estimator == "hessian-free":
+            return [slice(0, tb.n_tasks)]
+        return task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]))
+
+
+#: What a TRPO step needs: (start parameters, loss, mean KL, gradient, Fisher-vector product).
+TRPOProblem = tuple[Params, Callable[[Params], torch.Tensor], Callable[[Params], torch.Tensor], Params, Callable[[Params], Params]]
 
 
 def _sum_tasks(g: Params) -> Params:
@@ -66,19 +173,22 @@ class ProMP(MAMLBase):
 
     algo = "promp"
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
-        super().__init__(cfg, policy, params)
+    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
+        super().__init__(cfg, policy, params, impl)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.algo_cfg.learning_rate)
         self.eta = cfg.algo_cfg.eta
 
-    def outer_loss(self, post: TensorBatch) -> metagrad.Loss:
-        clip = self.cfg.algo_cfg.clip
+    def outer_terms(self, post: TensorBatch, phi: Params) -> torch.Tensor:
+        """Per-task clipped surrogate (to be maximised) of adapted parameters. Shape [T]."""
+        ratio = torch.exp(self.policy.log_prob(phi, post.obs, post.actions) - post.logp_old)
+        return post.task_mean(ppo_clip_objective(ratio, post.advantages, self.cfg.algo_cfg.clip))
 
-        def loss(phi: Params) -> torch.Tensor:
-            ratio = torch.exp(self.policy.log_prob(phi, post.obs, post.actions) - post.logp_old)
-            return -post.task_mean(ppo_clip_objective(ratio, post.advantages, clip)).mean()
-
-        return loss
+    def outer_loss(self, post: TensorBatch, n_tasks: int | None = None) -> metagrad.Loss:
+        """-mean over tasks of the clipped surrogate; with ``n_tasks``, the part of that mean
+        contributed by the tasks of ``post`` (a group of ``n_tasks`` in all)."""
+        if n_tasks is None:
+            return lambda phi: -self.outer_terms(post, phi).mean()
+        return lambda phi: -self.outer_terms(post, phi).sum() / n_tasks
 
     def update_eta(self, kl: float) -> None:
         """Halve eta if KL < target / 1.5, double it if KL > 1.5 * target (docs/protocol.md 4)."""
@@ -92,11 +202,86 @@ class ProMP(MAMLBase):
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         inner, post, stats = self.sample_rounds(collect, tasks)
+        if self.impl == "reference":
+            return self._reference_iteration(inner, post, stats, len(tasks))
+        return self._batched_iteration(inner, post, stats, len(tasks))
+
+    def _batched_iteration(self, inner: list[TensorBatch], post: TensorBatch, stats: dict[str, float], T: int) -> dict[str, float]:
+        """The same update as :meth:`_reference_iteration`, by groups of tasks, with the
+        outer loss and the KL penalty differentiated in one pass: the policy's mean on the
+        pre-adaptation episodes feeds both the first inner loss and the KL term, and the old
+        policy's mean there is computed once for all Adam steps."""
+        pre = inner[0]
+        old = {k: v.detach().clone() for k, v in self.params.items()}
+        chunks = self.chunks(pre)
+        with torch.no_grad():
+            mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
+        for _ in range(self.cfg.algo_cfg.num_ppo_steps):
+            theta = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+            total = _sum_all(map_groups(
+                lambda i, theta=theta: self._group_gradient(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner], post.tasks(chunks[i]), T),
+                list(range(len(chunks)))))
+            self.optimizer.zero_grad()
+            for k, g in total.items():
+                self.params[k].grad = g
+            self.optimizer.step()
+        new = {k: v.detach() for k, v in self.params.items()}
+
+        def after(i: int) -> tuple[float, float]:
+            pre_c = pre.tasks(chunks[i])
+            with torch.no_grad():
+                kl_c = float(pre_c.task_mean(self.policy.kl_of_means(old, mu_old[i], new, self.policy.mean(new, pre_c.obs))).sum())
+            losses = self.inner_losses([tb.tasks(chunks[i]) for tb in inner])
+            phi = metagrad.inner_chain(as_stacked(new, pre_c.n_tasks), losses, self.inner_lr)[-1]
+            with torch.no_grad():
+                return kl_c, float(self.outer_terms(post.tasks(chunks[i]), phi).sum())
+
+        kl_sum = outer_sum = 0.0
+        for kl_c, outer_c in map_groups(after, list(range(len(chunks)))):
+            kl_sum += kl_c
+            outer_sum += outer_c
+        kl, outer_after = kl_sum / T, -outer_sum / T
+        return {**stats, **self._finish(kl, outer_after)}
+
+    def _group_gradient(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
+                        T: int) -> Params:
+        """Gradient w.r.t. the shared ``theta`` of this group's part of the outer loss plus
+        eta x KL(pi_old || pi_theta) on its pre-adaptation episodes."""
+        n = post.n_tasks
+        pre = inner[0]
+        with torch.enable_grad():
+            stacked = expand_params(theta, n)
+            mu = self.policy.mean(stacked, pre.obs)
+            kl = pre.task_mean(self.policy.kl_of_means(old, mu_old, stacked, mu)).sum() / T
+            if self.estimator != "second-order":
+                g_kl = torch.autograd.grad(self.eta * kl, tuple(theta.values()))
+                losses = self.inner_losses(inner)
+                g_meta, _ = metagrad.meta_gradient(as_stacked(theta, n), losses, self.inner_lr, self.outer_loss(post, T),
+                                                   self.estimator, self.delta)
+                return {k: g_meta[k].sum(0) + gk for k, gk in zip(theta, g_kl)}
+            phi = stacked
+            loss = INNER_LOSSES_OF_LOGP[self.algo](self.policy.log_prob_of_mean(stacked, mu, pre.actions), pre).sum()
+            for k, tb in enumerate(inner):
+                if k > 0:
+                    loss = inner_loss_fn(self.algo, self.policy, tb)(phi)
+                g = torch.autograd.grad(loss, tuple(phi.values()), create_graph=True)
+                phi = {name: v - self.inner_lr * gi for (name, v), gi in zip(phi.items(), g)}
+            total = self.outer_loss(post, T)(phi) + self.eta * kl
+            grads = torch.autograd.grad(total, tuple(theta.values()))
+        return dict(zip(theta, grads))
+
+    def _finish(self, kl: float, outer_after: float) -> dict[str, float]:
+        eta_used = self.eta
+        self.update_eta(kl)
+        return {"train/outer_loss": outer_after, "train/kl_pre": kl, "train/eta": eta_used,
+                "train/std": float(self.params["log_std"].detach().exp().mean())}
+
+    def _reference_iteration(self, inner: list[TensorBatch], post: TensorBatch, stats: dict[str, float], T: int) -> dict[str, float]:
+        """Whole-batch autograd: the meta-gradient, then the KL penalty in a second pass."""
         losses = self.inner_losses(inner)
         outer = self.outer_loss(post)
         pre = inner[0]
         old = {k: v.detach().clone() for k, v in self.params.items()}
-        T = len(tasks)
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = as_stacked(self.params, T)
             g_meta, _ = metagrad.meta_gradient(theta, losses, self.inner_lr, outer, self.estimator, self.delta)
@@ -132,10 +317,83 @@ class TRPOMAML(MAMLBase):
     algo = "trpo-maml"
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
-        a = self.cfg.algo_cfg
         inner, post, stats = self.sample_rounds(collect, tasks)
+        build = self.reference_problem if self.impl == "reference" else self.batched_problem
+        a = self.cfg.algo_cfg
+        res = trpo_step(*build(inner, post, len(tasks)), a, a.max_kl)
+        with torch.no_grad():
+            for k, v in res.params.items():
+                self.params[k].copy_(v)
+        return {**stats, "train/loss": res.loss_after, "train/kl": res.kl, "train/accepted": float(res.accepted),
+                "train/backtracks": float(res.backtracks), "train/std": float(self.params["log_std"].detach().exp().mean())}
+
+    def _surrogate(self, post: TensorBatch, T: int) -> metagrad.Loss:
+        """-sum over the tasks of ``post`` of mean(ratio * A), divided by the number of tasks T."""
+        def loss(phi: Params) -> torch.Tensor:
+            ratio = torch.exp(self.policy.log_prob(phi, post.obs, post.actions) - post.logp_old)
+            return -post.task_mean(ratio * post.advantages).sum() / T
+        return loss
+
+    def _kl(self, post: TensorBatch, phi_old: Params, T: int) -> metagrad.Loss:
+        return lambda phi: post.task_mean(self.policy.kl(phi_old, phi, post.obs)).sum() / T
+
+    def batched_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+        """The same TRPO problem as :meth:`reference_problem`, by groups of tasks: each group
+        keeps its inner-step and KL Hessian-vector graphs for all conjugate-gradient steps,
+        and the line search adapts each candidate once for both its loss and its KL."""
+        old = {k: v.detach().clone() for k, v in self.params.items()}
+
+        def build(c: slice) -> dict[str, Any]:
+            losses = self.inner_losses([tb.tasks(c) for tb in inner])
+            post_c = post.tasks(c)
+            phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
+            kl_fn = self._kl(post_c, phis[-1], T)
+            return {
+                "losses": losses, "phis": phis, "surrogate": self._surrogate(post_c, T), "kl": kl_fn, "n": post_c.n_tasks,
+                "ops": metagrad.chain_operators(phis, losses, self.estimator, self.delta),
+                "kl_op": metagrad.hvp_operator(kl_fn, phis[-1], "second-order", 0.0),
+            }
+
+        groups = map_groups(build, self.chunks(post))
+
+        def pull(grp: dict, v: Params) -> Params:
+            return _sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
+
+        g = _sum_all(map_groups(lambda grp: pull(grp, metagrad.grad(grp["surrogate"], grp["phis"][-1])), groups))
+
+        def fvp(v: Params) -> Params:
+            def one(grp: dict) -> Params:
+                u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
+                ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
+                return pull(grp, grp["kl_op"](ju))
+
+            return _sum_all(map_groups(one, groups))
+
+        cache: dict[str, Any] = {}
+
+        def evaluate(theta: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            """(surrogate, KL) of the policies adapted from ``theta`` (one adaptation for both)."""
+            if "theta" in cache and all(torch.equal(theta[k], cache["theta"][k]) for k in theta):
+                return cache["value"]
+            at_old = all(torch.equal(theta[k], old[k]) for k in theta)
+
+            def one(grp: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
+                with torch.no_grad():
+                    return grp["surrogate"](phi), grp["kl"](phi)
+
+            loss = kl = 0.0
+            for loss_c, kl_c in map_groups(one, groups):
+                loss = loss + loss_c
+                kl = kl + kl_c
+            cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
+            return loss, kl
+
+        return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
+
+    def reference_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+        """Whole-batch autograd (the oracle of the batched implementation)."""
         losses = self.inner_losses(inner)
-        T = len(tasks)
         old = {k: v.detach().clone() for k, v in self.params.items()}
         phis = metagrad.inner_chain(as_stacked(old, T), losses, self.inner_lr)
         phi_old = phis[-1]
@@ -161,9 +419,4 @@ class TRPOMAML(MAMLBase):
             ju = metagrad.jvp(phis, losses, self.inner_lr, u, self.estimator, self.delta, ops)
             return _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, kl_op(ju), self.estimator, self.delta, ops))
 
-        res = trpo_step(old, lambda th: surrogate(adapted(th)), lambda th: kl_phi(adapted(th)), g, fvp, a, a.max_kl)
-        with torch.no_grad():
-            for k, v in res.params.items():
-                self.params[k].copy_(v)
-        return {**stats, "train/loss": res.loss_after, "train/kl": res.kl, "train/accepted": float(res.accepted),
-                "train/backtracks": float(res.backtracks), "train/std": float(self.params["log_std"].detach().exp().mean())}
+        return old, lambda th: surrogate(adapted(th)), lambda th: kl_phi(adapted(th)), g, fvp

@@ -78,15 +78,21 @@ class GaussianMLPPolicy:
 
     def log_prob(self, params: Params, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) of unclipped scaled actions. Shape [...]."""
-        mu = self.mean(params, obs)
+        return self.log_prob_of_mean(params, self.mean(params, obs), actions)
+
+    def log_prob_of_mean(self, params: Params, mu: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` given the mean ``mu = mean(params, obs)`` (lets callers share one
+        forward pass between several losses)."""
         ls = self.log_std(params, mu)
         z = (actions - mu) * torch.exp(-ls)
         return -0.5 * (z * z).sum(-1) - ls.sum(-1) - 0.5 * self.act_dim * math.log(2 * math.pi)
 
     def kl(self, params_old: Params, params_new: Params, obs: torch.Tensor) -> torch.Tensor:
         """KL(pi_old(.|s) || pi_new(.|s)) per observation. Shape [...]."""
-        mu0 = self.mean(params_old, obs)
-        mu1 = self.mean(params_new, obs)
+        return self.kl_of_means(params_old, self.mean(params_old, obs), params_new, self.mean(params_new, obs))
+
+    def kl_of_means(self, params_old: Params, mu0: torch.Tensor, params_new: Params, mu1: torch.Tensor) -> torch.Tensor:
+        """:meth:`kl` given both means (``mu0`` can be computed once and reused)."""
         ls0 = self.log_std(params_old, mu0)
         ls1 = self.log_std(params_new, mu1)
         var0, var1 = torch.exp(2 * ls0), torch.exp(2 * ls1)

@@ -7,19 +7,29 @@ run of the ``paper`` preset (320M / 600M steps) in core-hours and the wall time 
 grid on a cluster of ``--cluster-cores`` cores.
 
     python scripts/bench_iterations.py --envs rlbench/HalfCheetahRandVel-v0 --algos promp trpo-maml
+
+``--impls batched reference`` also times the MAML learners' reference implementation
+(agents/maml.py ``impl``) in the same run. Every row runs in a fresh process, so its
+``peak_rss_mb`` is that row's own peak (``self``: the learner and, for the threaded
+backends, the sampler; ``children``: sampler worker processes). ``loadavg`` is the machine's
+1-minute load average before and after the row (the machine may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import resource
 import sys
 import time
 
 import torch
 
-from rlbench import config, presets
+from agents.core import DTYPES
+from agents.registry import AGENTS, make_policy
+from rlbench import config, presets, seeding
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
 
@@ -31,13 +41,18 @@ def peak_rss_mb() -> dict[str, float]:
     }
 
 
-def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int) -> dict:
+def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int, impl: str = "batched") -> dict:
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
     cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads or cfg.torch_threads)
     torch.set_num_threads(cfg.learner_threads)
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
+        load_before = os.getloadavg()[0]
         trainer = Trainer(cfg, sampler)
+        if algo in ("promp", "trpo-maml"):
+            policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
+            params = policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype])
+            trainer.agent = AGENTS[algo](cfg, policy, params, impl=impl)
         sample_time = 0.0
         collect = trainer.collect
 
@@ -61,19 +76,27 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     update = total - sample_time
     full_scale = cfg.sampler.meta_batch_size / tasks
     return {
-        "env": env_id, "algo": algo, "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
+        "env": env_id, "algo": algo, "impl": impl if algo in ("promp", "trpo-maml") else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
         "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,
         "iteration_s": total / iterations, "sampling_s": sample_time / iterations, "update_s": update / iterations,
         "update_share": update / total, "sampling_steps_per_s": steps / sample_time, "steps_per_s": steps / total,
         "steps_per_iteration": steps / iterations, "paper_iteration_s_estimate": total / iterations * full_scale,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "loadavg": [load_before, os.getloadavg()[0]],
     }
+
+
+def bench_in_fresh_process(*args) -> dict:
+    """:func:`bench` in a new process (its own peak memory and allocator state)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(bench, args)
 
 
 def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
     """Paper-preset cost from measured steps/s (per run: budget / steps_per_s x workers cores)."""
     out = {}
     for r in rows:
+        if r.get("impl") == "reference":
+            continue
         budget = presets.FAMILIES[presets.family_of(r["env"])].budget
         wall_h = budget / r["steps_per_s"] / 3600
         core_h = wall_h * r["workers"]
@@ -94,13 +117,16 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="learner torch threads (0 = the preset's fixed count)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--cluster-cores", type=int, default=64)
+    p.add_argument("--impls", nargs="+", default=["batched"], choices=["batched", "reference"],
+                   help="MAML learner implementations to time (agents/maml.py)")
     p.add_argument("--out")
     a = p.parse_args()
     rows = []
     for env_id in a.envs:
         for algo in a.algos:
-            rows.append(bench(env_id, algo, a.iterations, a.fraction, a.workers, a.threads))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            for impl in a.impls if algo in ("promp", "trpo-maml") else ["batched"]:
+                rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl))
+                print(json.dumps(rows[-1]), file=sys.stderr)
     result = {"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}
     text = json.dumps(result, indent=2)
     print(text)
