@@ -252,15 +252,15 @@ def test_check_comparable_is_generic_on_nested_dicts():
     def run(comp):
         return compare_cmd.Run(Path("x"), "e", "a", 1, comp)
 
-    base = {"test_time": {"lr": 0.1, "steps": 1}, "budget": 5}
-    other = {"test_time": {"lr": 0.2, "steps": 1}, "budget": 5}
-    with pytest.raises(UsageError, match=r"differ in comparability.test_time.lr: 0.1 vs 0.2"):
+    base = {"eval": {"lr": 0.1, "steps": 1}, "budget": 5}
+    other = {"eval": {"lr": 0.2, "steps": 1}, "budget": 5}
+    with pytest.raises(UsageError, match=r"differ in comparability.eval.lr: 0.1 vs 0.2"):
         compare_cmd.check_comparable([run(base), run(other)])
-    assert compare_cmd.check_comparable([run(base), run(other)], ["test_time.lr"]) == [
-        "e: test_time.lr differs (0.1 vs 0.2)"]
-    assert compare_cmd.check_comparable([run(base), run(other)], ["test_time"]) == [
-        'e: test_time differs ({"lr": 0.1, "steps": 1} vs {"lr": 0.2, "steps": 1})']
-    assert compare_cmd.check_comparable([run(base), run(base)], ["test_time.lr"]) == []
+    assert compare_cmd.check_comparable([run(base), run(other)], ["eval.lr"]) == [
+        "e: eval.lr differs (0.1 vs 0.2)"]
+    assert compare_cmd.check_comparable([run(base), run(other)], ["eval"]) == [
+        'e: eval differs ({"lr": 0.1, "steps": 1} vs {"lr": 0.2, "steps": 1})']
+    assert compare_cmd.check_comparable([run(base), run(base)], ["eval.lr"]) == []
 
 
 def test_paired_needs_pairing_records(tmp_path, capsys):

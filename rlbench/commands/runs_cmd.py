@@ -91,10 +91,22 @@ def _run(args: argparse.Namespace) -> int:
     from rlbench.commands.plan_cmd import preflight
     from rlbench.grid import check_experiment
 
-    check_experiment(exp, out)  # bad input fails before the plan prints or calibrates anything
-    preflight(exp, yes=args.yes, max_hours=args.max_hours, quiet=args.quiet)  # prints the plan's summary; refuses a too-long grid
-    summary = run_experiment(exp, out, parallel=args.parallel, ray_address=args.ray_address, quiet=args.quiet,
-                             workers_per_run=args.workers_per_run)
+    # Bad input, and an unusable Ray head, fail on one line before the plan prints or calibrates.
+    check_experiment(exp, out)
+    ray_started = False
+    if args.ray_address:
+        from rlbench.ray_cluster import connect
+
+        ray_started = connect(args.ray_address)
+    try:
+        preflight(exp, yes=args.yes, max_hours=args.max_hours, quiet=args.quiet)  # the plan's summary; refuses a too-long grid
+        summary = run_experiment(exp, out, parallel=args.parallel, ray_address=args.ray_address, quiet=args.quiet,
+                                 workers_per_run=args.workers_per_run)
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     comp = summary.get("comparison", {})
     for key, path in sorted(comp.items()):
         if key.endswith("contour_png"):
