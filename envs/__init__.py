@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from envs.base import InvalidTaskError, MetaEnv, TaskDistribution, UnknownEnvError
 from envs.fingerprint import fingerprint
-from envs.registry import entry, env_ids, get_task_distribution, make, make_meta_env, register_meta_env
+from envs.registry import (
+    entry,
+    env_ids,
+    get_task_distribution,
+    make,
+    make_meta_env,
+    register_meta_env,
+)
 
 __all__ = [
     "InvalidTaskError", "MetaEnv", "TaskDistribution", "UnknownEnvError", "entry", "env_ids", "fingerprint",

@@ -322,9 +322,14 @@ class MetaWorldMetaEnv(MetaEnv):
         truncated = bool(truncated) or self._t >= self._horizon
         info = dict(info)
         info["success"] = self._success(info, obs, a)
+        terminated = self._terminated(bool(terminated), info)
         if terminated or truncated:
             self._needs_reset = True
-        return np.array(obs, dtype=np.float64), float(reward), bool(terminated), truncated, info
+        return np.array(obs, dtype=np.float64), float(reward), terminated, truncated, info
+
+    def _terminated(self, terminated: bool, info: dict) -> bool:
+        """Whether the step ends the episode by termination (never, in Meta-World v3)."""
+        return terminated
 
     def _success(self, info: dict, obs: np.ndarray, a: np.ndarray) -> float:
         """The step's success flag, always by the :data:`SUCCESS_CRITERION` (the package's v1

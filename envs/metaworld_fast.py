@@ -55,7 +55,8 @@ import mujoco
 import numpy as np
 from scipy.spatial.transform import Rotation, _rotation_cy
 
-from envs.meta_world import ACT_DIM, BENCHMARK_SEED, DEFAULT_HORIZON, MetaWorldMetaEnv
+from envs.meta_world import BENCHMARK_SEED, DEFAULT_HORIZON, MetaWorldMetaEnv
+from envs.slots import SlotStepper
 
 #: Reward versions of metaworld 3.1.1 (``reward_function_version`` of every v3 class).
 REWARD_VERSIONS = ("v1", "v2")
@@ -458,19 +459,9 @@ class FastMetaWorldMetaEnv(MetaWorldMetaEnv):
             self._needs_reset = True
         return self._inner
 
-    def step(self, action):
-        if self._needs_reset:
-            raise RuntimeError("call reset() after construction, set_task() or the end of an episode")
-        a = np.clip(np.asarray(action, dtype=np.float32).reshape(ACT_DIM), -1.0, 1.0)
-        obs, reward, terminated, truncated, info = self._inner.step(a)
-        self._t += 1
-        truncated = bool(truncated) or self._t >= self._horizon
-        info = dict(info)
-        info["success"] = self._success(info, obs, a)  # the plain meta-env's rule (v2 criterion under v1)
-        terminated = bool(terminated) or bool(info.get("unstable", False))
-        if terminated or truncated:
-            self._needs_reset = True
-        return np.array(obs, dtype=np.float64), float(reward), terminated, truncated, info
+    def _terminated(self, terminated: bool, info: dict) -> bool:
+        """An unstable step (MuJoCo reset a bad state, or non-finite values) ends the episode."""
+        return terminated or bool(info.get("unstable", False))
 
 
 
@@ -492,72 +483,25 @@ def supports(env_id: str) -> bool:
         return False
 
 
-class FastStepper:
-    """One :class:`FastMetaWorldMetaEnv` per slot (pooled by class, reused across batches):
-    the sampler's ``Stepper`` protocol (docs: rlbench/sampler.py), with auto-reset and
-    instability reporting.
-    """
+class FastStepper(SlotStepper):
+    """One :class:`FastMetaWorldMetaEnv` per slot (pooled by class, reused across batches): the
+    per-slot stepper of envs/slots.py with the fast environment, whose steps report MuJoCo's
+    silent bad-state resets as ``info["unstable"]``."""
 
     def __init__(self, env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
         from envs.registry import entry
 
         if not supports(env_id):
             raise ValueError(f"the metaworld-fast backend supports the Meta-World environments only, not {env_id!r}")
-        self.env_id = env_id
-        self.horizon = int(horizon)
-        self.kwargs = {**entry(env_id).kwargs, **(env_kwargs or {})}
-        self.kwargs["horizon"] = self.horizon
-        check_reward_version(self.kwargs.get("reward_function_version", DEFAULT_REWARD_VERSION))
-        self.obs_dim, self.act_dim = 39, ACT_DIM
-        self._pool: dict[str, list[FastMetaWorldMetaEnv]] = {}
-        self._slots: list[FastMetaWorldMetaEnv] = []
-        self._tasks: list[Any] = []
+        check_reward_version((env_kwargs or {}).get("reward_function_version", DEFAULT_REWARD_VERSION))
+        super().__init__(env_id, horizon, env_kwargs)
+        self.kwargs = {**entry(env_id).kwargs, **self.env_kwargs, "horizon": self.horizon}
 
-    def _envs_for(self, tasks: list[Any]) -> list[FastMetaWorldMetaEnv]:
-        taken: dict[str, int] = {}
-        out = []
-        for t in tasks:
-            g = t.env_name
-            pool = self._pool.setdefault(g, [])
-            i = taken.get(g, 0)
-            if i == len(pool):
-                pool.append(FastMetaWorldMetaEnv(**self.kwargs))
-            out.append(pool[i])
-            taken[g] = i + 1
-        return out
+    def make_env(self) -> FastMetaWorldMetaEnv:
+        return FastMetaWorldMetaEnv(**self.kwargs)
 
-    def reset(self, tasks: list[Any], seeds: np.ndarray) -> np.ndarray:
-        self._slots = self._envs_for(list(tasks))
-        self._tasks = list(tasks)
-        obs = np.empty((len(tasks), self.obs_dim))
-        for i, (env, task, seed) in enumerate(zip(self._slots, tasks, seeds)):
-            env.set_task(task)
-            obs[i], _ = env.reset(seed=int(seed))
-        return obs
-
-    def step(self, actions: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray | None = None):
-        n = len(self._slots)
-        obs = np.zeros((n, self.obs_dim))
-        rew = np.zeros(n)
-        term = np.zeros(n, dtype=bool)
-        succ = np.full(n, np.nan)
-        unstable = np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(active):
-            env = self._slots[i]
-            o, r, te, _tr, info = env.step(actions[i])
-            obs[i], rew[i], term[i] = o, r, te
-            succ[i] = info["success"]
-            unstable[i] = bool(info.get("unstable", False))
-            if te and reset_seeds is not None:
-                obs[i], _ = env.reset(seed=int(reset_seeds[i]))
-        return obs, rew, term, succ, unstable
-
-    def close(self) -> None:
-        for pool in self._pool.values():
-            for env in pool:
-                env.close()
-        self._pool.clear()
-        self._slots = []
+    def unstable(self, obs: np.ndarray, reward: float, info: dict) -> bool:
+        return bool(info.get("unstable", False)) or super().unstable(obs, reward, info)
 
 
 __all__ = [
