@@ -135,20 +135,9 @@ def calibrate(cfg: RunConfig, warmup: int = 1, iterations: int = 1) -> dict[str,
     try:
         with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
             trainer = Trainer(cfg, sampler)
-            sample_time = 0.0
-            collect = trainer.collect
-
-            def timed_collect(tasks, params):
-                nonlocal sample_time
-                t0 = time.perf_counter()
-                batch = collect(tasks, params)
-                sample_time += time.perf_counter() - t0
-                return batch
-
-            trainer.collect = timed_collect
             for _ in range(warmup):
                 trainer.iterate()
-            sample_time = 0.0
+            sample0 = trainer.sample_seconds
             steps0 = trainer.budget.used
             t0 = time.perf_counter()
             row_bytes = 0
@@ -157,6 +146,7 @@ def calibrate(cfg: RunConfig, warmup: int = 1, iterations: int = 1) -> dict[str,
                 row_bytes = len(json.dumps({"iteration": trainer.iteration, "env_steps": trainer.budget.used, **metrics,
                                             "time/iteration_s": 1.2345678901234567, "time/steps_per_s": 12345.678901234567})) + 1
             total = time.perf_counter() - t0
+            sample_time = trainer.sample_seconds - sample0
             steps = trainer.budget.used - steps0
             cores = max(1, sampler.n_workers)
             backend = sampler.backend

@@ -6,6 +6,7 @@ the sampler, so DRS and MAML pay for every environment step in the same way.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -30,14 +31,17 @@ class Trainer:
         self.iteration = 0
         self._round = 0
         self._rounds: list[Batch] = []  # this iteration's rounds (for the sampling metrics)
+        self.sample_seconds = 0.0  # wall time spent sampling, over the trainer's life (benchmarks)
 
     def collect(self, tasks: list[Any], params: Params) -> Batch:
         """Sample through the shared sampler and charge the budget for every real step."""
         rng = seeding.generator(self.cfg.seed, "sample", self.iteration, self._round)
         self._round += 1
         s = self.cfg.sampler
+        t0 = time.perf_counter()
         batch = self.sampler.collect(tasks, s.episodes_per_task, self.agent.policy.actor(params), rng,
                                      unit=s.unit, keep_tails=s.keep_tails)
+        self.sample_seconds += time.perf_counter() - t0
         self.budget.charge(batch.env_steps)
         self._rounds.append(batch)
         return batch

@@ -53,28 +53,18 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
             policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
             params = policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype])
             trainer.agent = AGENTS[algo](cfg, policy, params, impl=impl)
-        sample_time = 0.0
-        collect = trainer.collect
-
-        def timed_collect(tasks_, params):
-            nonlocal sample_time
-            t0 = time.perf_counter()
-            b = collect(tasks_, params)
-            sample_time += time.perf_counter() - t0
-            return b
-
-        trainer.collect = timed_collect
         trainer.iterate()  # warm-up (env construction, first allocations)
-        sample_time = 0.0
+        sample0 = trainer.sample_seconds
         steps0 = trainer.budget.used
         t0 = time.perf_counter()
         for _ in range(iterations):
             trainer.iterate()
         total = time.perf_counter() - t0
+        sample_time = trainer.sample_seconds - sample0
         steps = trainer.budget.used - steps0
         backend, n_workers = sampler.backend, sampler.n_workers
     update = total - sample_time
-    full_scale = cfg.sampler.meta_batch_size / tasks
+    full_scale = presets.FAMILIES[presets.family_of(env_id)].meta_batch_size / tasks  # the paper batch over this one
     return {
         "env": env_id, "algo": algo, "impl": impl if algo in ("promp", "trpo-maml") else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
         "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from procs import alive
 
 from rlbench import locking, presets, store
 from rlbench.cli import main
@@ -187,13 +188,6 @@ KILL_DURING_STATE_WRITE = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
-
 
 def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path):
     """SIGKILL at a fixed point (the 3rd state.pt, written but not yet renamed; the metrics
@@ -214,9 +208,9 @@ def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path):
     import time
 
     deadline = time.time() + 15
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    while time.time() < deadline and any(alive(w) for w in workers):
         time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+    assert not any(alive(w) for w in workers)
     res = _cli(*base, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert not list(run.rglob(f"*{store.TMP_SUFFIX}"))

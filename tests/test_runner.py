@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from procs import alive
 
 from rlbench import presets, store
 from rlbench.cli import main
@@ -123,14 +124,6 @@ def test_persistent_adam_matches_torch_adam():
         assert torch.allclose(cur["w"], ref.detach(), atol=1e-12)
 
 
-def _alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
-
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlbench.cli", *args], capture_output=True, text=True, timeout=300, check=False)
@@ -168,9 +161,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert len(workers) == 2  # the sampler's worker processes
     # orphaned workers notice their parent is gone and exit (no processes left behind)
     deadline = time.time() + 15
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    while time.time() < deadline and any(alive(w) for w in workers):
         time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+    assert not any(alive(w) for w in workers)
     meta = store.read_meta(run)
     assert meta["status"] == "running" and meta["iterations"] == 3  # really interrupted, at the chosen point
     assert len(metrics_without_time(run)) == 4  # the killed iteration's line is there; resume drops it
