@@ -1,0 +1,357 @@
+"""The reduced-scale reproduction (REPRODUCTION.md): collect a finished `rlbench run` into results/,
+and derive the claims table and the noise table from the committed tables alone.
+
+    rlbench run repro-small --out runs/repro-small
+    python scripts/reproduction_report.py collect runs/repro-small results/repro-small
+    python scripts/reproduction_report.py report results/repro-small --update REPRODUCTION.md
+
+``collect`` copies, per run, the raw tables needed to recompute every statistic without
+training again (config.yaml, run.json, metrics.jsonl, evaluation.csv; not checkpoints) under
+DEST/runs/, plus the experiment file and the comparison outputs under DEST/comparison/.
+``report`` recomputes the per-cell paired analysis from DEST/runs/*/evaluation.csv (the same
+library calls as `rlbench compare`), checks it against the committed DEST/comparison reports,
+and writes DEST/claims.csv, DEST/noise.csv and the markdown tables. With ``--update FILE`` it
+replaces the text between the ``<!-- reproduction:begin -->`` / ``<!-- reproduction:end -->``
+markers of FILE with those tables, so REPRODUCTION.md holds no hand-typed number. The verdict of
+each claim follows fixed rules, written in :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from rlbench import config, stats, store
+from rlbench.grid import COMPARISON_DIR, EXPERIMENT_FILE
+from rlbench.plots import algo_label, env_label
+from rlbench.settings import ExperimentConfig
+
+RUNS_DIR = "runs"
+RAW_FILES = (store.CONFIG_FILE, store.META_FILE, store.METRICS_FILE, store.EVAL_FILE)
+BEGIN, END = "<!-- reproduction:begin -->", "<!-- reproduction:end -->"
+Q = stats.Q_LEVEL
+#: The protocol's budget per locomotion run (docs/protocol.md section 5), for the scale statement.
+PAPER_LOCOMOTION_BUDGET = 320_000_000
+
+RULES = f"""Verdict rules (fixed before looking at the results; `scripts/reproduction_report.py`):
+a cell is *significant* when its paired one-sided test has Benjamini-Hochberg q < {Q:g}
+(over the cells of its environment and pair), in the direction of the mean difference.
+* C1 (small budgets): at the first checkpoint after 0 and test updates 1..5: *inconsistent* if MAML
+  is significantly ahead in any cell; *consistent* if DRS is significantly ahead in a majority of
+  them; otherwise *cannot tell* (no difference shown: with few seeds the test cannot prove equality).
+* C2 (MAML needs larger budgets): *consistent* if MAML is significantly ahead in some cell
+  at the last checkpoint; otherwise *cannot tell at this scale* (our largest budget is a small
+  fraction of the paper's), with the trend of the difference over checkpoints reported.
+* C3 (more test updates favour MAML): the per-seed change of the DRS - MAML difference from 1 to
+  the last test update at the last checkpoint, a t interval over seeds: *consistent* if the
+  interval lies below 0, *inconsistent* if above 0, *cannot tell* otherwise.
+* C4 (the answer depends on the environment): *consistent* if, for some pair, the significant
+  verdicts at the last checkpoint after 1 test update differ between the environments;
+  otherwise *cannot tell at this scale*."""
+
+
+# ----------------------------------------------------------------------------- collect
+
+
+def collect(run_out: Path, dest: Path, replace: bool) -> int:
+    runs = sorted(p.parent for p in run_out.rglob(store.META_FILE) if store.CKPT_DIR not in p.parts)
+    cmp_dir = run_out / COMPARISON_DIR
+    if not runs or not cmp_dir.is_dir() or not (run_out / EXPERIMENT_FILE).exists():
+        print(f"error: {run_out} holds no finished experiment (runs, {EXPERIMENT_FILE} and {COMPARISON_DIR}/)",
+              file=sys.stderr)
+        return 2
+    missing = [r / f for r in runs for f in RAW_FILES if not (r / f).exists()]
+    if missing:
+        print(f"error: run not finished or not evaluated: {missing[0]} is missing", file=sys.stderr)
+        return 2
+    if dest.exists() and any(dest.iterdir()) and not replace:
+        print(f"error: {dest} is not empty; pass --replace to replace its files", file=sys.stderr)
+        return 2
+    for r in runs:
+        target = dest / RUNS_DIR / r.relative_to(run_out)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in RAW_FILES:
+            shutil.copyfile(r / f, target / f)
+    shutil.copyfile(run_out / EXPERIMENT_FILE, dest / EXPERIMENT_FILE)
+    shutil.copytree(cmp_dir, dest / COMPARISON_DIR, dirs_exist_ok=True)
+    print(f"collected {len(runs)} runs ({', '.join(RAW_FILES)}) and {COMPARISON_DIR}/ into {dest}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- recompute
+
+
+def load_evaluations(dest: Path) -> pd.DataFrame:
+    files = sorted((dest / RUNS_DIR).rglob(store.EVAL_FILE))
+    if not files:
+        raise FileNotFoundError(f"no {store.EVAL_FILE} under {dest / RUNS_DIR}")
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def pairs_of(dest: Path) -> list[tuple[str, str]]:
+    exp = config.load(ExperimentConfig, dest / EXPERIMENT_FILE)
+    return [tuple(p.split(":")) for p in exp.pairs if set(p.split(":")) <= set(exp.algos)]
+
+
+def recompute_report(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """The per-cell report of pair (a, b), recomputed from the evaluation rows (the runs'
+    pairing was proven when the experiment ran; the committed reports carry no unpaired flag)."""
+    return stats.compare_cells(stats.seed_scores(df, "return"), a, b, "return")
+
+
+def per_seed_differences(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per (env, seed, mark, update): the seed's DRS - MAML difference d_s (mean over tasks)
+    and its within-seed standard error (the SD over the seed's tasks of the per-task
+    differences, ddof 1, over sqrt(tasks): every algorithm of a seed meets the same tasks)."""
+    keys = ["env_id", "seed", "budget_mark", "test_update", "task"]
+    wa = df[df["algo"] == a].set_index(keys)["return"]
+    wb = df[df["algo"] == b].set_index(keys)["return"]
+    d = (wa - wb).dropna().rename("d").reset_index()
+    g = d.groupby(["env_id", "seed", "budget_mark", "test_update"])["d"]
+    return pd.DataFrame({"d": g.mean(), "se": g.std(ddof=1) / np.sqrt(g.size()), "n_tasks": g.size()}).reset_index()
+
+
+def _t_interval(x: np.ndarray) -> tuple[float, float, float]:
+    x = np.asarray(x, float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, float("nan"), float("nan")
+    h = float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return m, m - h, m + h
+
+
+def _sig(row: pd.Series) -> int:
+    """+1 DRS significantly ahead, -1 MAML significantly ahead, 0 neither (or flagged)."""
+    if row["paired_flags"] or not row["paired_q"] < Q:
+        return 0
+    return 1 if row["paired_diff"] > 0 else -1
+
+
+def _cell(row: pd.Series) -> str:
+    return (f"{row['paired_diff']:+.3g} [{row['paired_ci_low']:.3g}, {row['paired_ci_high']:.3g}], "
+            f"q={row['paired_q']:.2g}")
+
+
+@dataclass
+class Claim:
+    key: str
+    text: str
+    where: str
+
+
+CLAIMS = (
+    Claim("C1", "DRS is as good as or better than MAML at small meta-training budgets.",
+          "Sec. 5, Figs. 1-2 (left part of each panel: small budgets)"),
+    Claim("C2", "Where MAML is ahead, its advantage appears only with larger meta-training budgets, "
+          "and only on some environments.", "Sec. 5, Figs. 1-2 (right part of the panels)"),
+    Claim("C3", "More test-time updates favour MAML (it is trained for post-adaptation return).",
+          "Sec. 3 (the trade-off) and the y axis of Figs. 1-2"),
+    Claim("C4", "Which method is better depends on the environment.", "Sec. 5, Figs. 1-2 (panels differ)"),
+)
+
+
+def evaluate_claims(reports: dict, diffs: dict) -> pd.DataFrame:
+    rows = []
+    for (env_id, a, b), rep in sorted(reports.items()):
+        marks = sorted(rep["budget_mark"].unique())
+        ups = sorted(u for u in rep["test_update"].unique() if u >= 1)
+        first, last, t_last = marks[1], marks[-1], ups[-1]
+        label = f"{env_label(env_id)}, {algo_label(a)} vs {algo_label(b)}"
+        cell = rep.set_index(["budget_mark", "test_update"])
+        # C1
+        sig1 = [_sig(cell.loc[(first, u)]) for u in ups]
+        v1 = "inconsistent" if -1 in sig1 else "consistent" if sig1.count(1) * 2 > len(sig1) else "cannot tell"
+        rows.append({"claim": "C1", "where": label, "verdict": v1,
+                     "evidence": (f"at {first:,} steps, DRS - MAML after 1 / {t_last} updates: "
+                                  f"{_cell(cell.loc[(first, 1)])} / {_cell(cell.loc[(first, t_last)])}; "
+                                  f"DRS ahead in {sig1.count(1)}, MAML in {sig1.count(-1)} of {len(sig1)} cells")})
+        # C2
+        sig2 = [_sig(cell.loc[(last, u)]) for u in ups]
+        d = diffs[(a, b)]
+        d = d[(d["env_id"] == env_id) & (d["test_update"] == 1) & (d["budget_mark"] > 0)]
+        slopes = [np.polyfit(g["budget_mark"] / 1e6, g["d"], 1)[0] for _, g in d.groupby("seed")]
+        s, slo, shi = _t_interval(np.array(slopes))
+        v2 = "consistent" if -1 in sig2 else "cannot tell at this scale"
+        rows.append({"claim": "C2", "where": label, "verdict": v2,
+                     "evidence": (f"at {last:,} steps after 1 update: {_cell(cell.loc[(last, 1)])}; MAML ahead in "
+                                  f"{sig2.count(-1)} of {len(sig2)} cells there; trend of DRS - MAML per million "
+                                  f"steps {s:+.3g} [{slo:.3g}, {shi:.3g}] over seeds")})
+        # C3
+        dd = diffs[(a, b)]
+        dd = dd[(dd["env_id"] == env_id) & (dd["budget_mark"] == last)].pivot(index="seed", columns="test_update", values="d")
+        m, lo, hi = _t_interval((dd[t_last] - dd[1]).to_numpy())
+        v3 = "consistent" if hi < 0 else "inconsistent" if lo > 0 else "cannot tell"
+        rows.append({"claim": "C3", "where": label, "verdict": v3,
+                     "evidence": (f"at {last:,} steps, change of DRS - MAML from 1 to {t_last} updates: "
+                                  f"{m:+.3g} [{lo:.3g}, {hi:.3g}] (t interval over {len(dd)} seeds)")})
+    # C4: per pair, across environments
+    by_pair: dict[tuple[str, str], dict[str, int]] = {}
+    for (env_id, a, b), rep in reports.items():
+        last = rep["budget_mark"].max()
+        by_pair.setdefault((a, b), {})[env_id] = _sig(rep.set_index(["budget_mark", "test_update"]).loc[(last, 1)])
+    word = {1: "DRS ahead", -1: "MAML ahead", 0: "no difference shown"}
+    for (a, b), verdicts in sorted(by_pair.items()):
+        v4 = "consistent" if len(set(verdicts.values())) > 1 else "cannot tell at this scale"
+        rows.append({"claim": "C4", "where": f"{algo_label(a)} vs {algo_label(b)}", "verdict": v4,
+                     "evidence": "at the last checkpoint after 1 update: " + "; ".join(
+                         f"{env_label(e)} {word[v]}" for e, v in sorted(verdicts.items()))})
+    return pd.DataFrame(rows)
+
+
+def noise_table(reports: dict, diffs: dict, df: pd.DataFrame) -> pd.DataFrame:
+    """Within-seed standard error against seed-to-seed spread, after 1 test update, per checkpoint."""
+    scores = stats.seed_scores(df, "return")
+    rows = []
+    for (env_id, a, b), rep in sorted(reports.items()):
+        d = diffs[(a, b)]
+        for mark in sorted(m for m in rep["budget_mark"].unique() if m > 0):
+            c = d[(d["env_id"] == env_id) & (d["budget_mark"] == mark) & (d["test_update"] == 1)]
+            sc = scores[(scores["env_id"] == env_id) & (scores["budget_mark"] == mark) & (scores["test_update"] == 1)]
+            rows.append({
+                "env_id": env_id, "pair": f"{a}:{b}", "budget_mark": int(mark),
+                "n_tasks": int(c["n_tasks"].min()), "n_seeds": int(c["seed"].nunique()),
+                "diff_within_se_median": float(c["se"].median()),
+                "diff_between_seed_sd": float(c["d"].std(ddof=1)),
+                "score_within_se_median": float(sc[sc["algo"].isin([a, b])]["within_se"].median()),
+                "score_between_seed_sd_mean": float(sc[sc["algo"].isin([a, b])].groupby("algo")["score"]
+                                                    .std(ddof=1).mean()),
+            })
+    return pd.DataFrame(rows)
+
+
+def rates_table(dest: Path) -> pd.DataFrame:
+    """Measured training throughput of each (env, algo) in this grid (metrics.jsonl
+    ``time/iteration_s``, summed over iterations; evaluation not included), and the projected
+    core-hours of one run at the paper's budget at that rate (each run here used the
+    machine's 2 cores: the learner's 2 threads and the sampler)."""
+    rows = []
+    for path in sorted((dest / RUNS_DIR).rglob(store.METRICS_FILE)):
+        m = pd.read_json(path, lines=True)
+        cfg = config.load_yaml(path.parent / store.CONFIG_FILE)
+        rows.append({"env_id": cfg["env_id"], "algo": cfg["algo"], "steps": int(m["env_steps"].max()),
+                     "train_s": float(m["time/iteration_s"].sum())})
+    df = pd.DataFrame(rows).groupby(["env_id", "algo"], sort=False).sum().reset_index()
+    df["steps_per_s"] = df["steps"] / df["train_s"]
+    df["paper_run_core_h"] = PAPER_LOCOMOTION_BUDGET / df["steps_per_s"] * 2 / 3600
+    return df
+
+
+def _md_table(df: pd.DataFrame, cols: list[str], heads: list[str]) -> str:
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines)
+
+
+def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.DataFrame, exp: ExperimentConfig,
+             n_tasks: int) -> str:
+    text = {c.key: c for c in CLAIMS}
+    claims = claims.assign(claim_text=[f"**{k}** {text[k].text}" for k in claims["claim"]],
+                           paper=[text[k].where for k in claims["claim"]])
+    nz = noise.assign(
+        checkpoint=[f"{m:,}" for m in noise["budget_mark"]],
+        pair_label=[f"{env_label(e)}, {' vs '.join(algo_label(x) for x in p.split(':'))}"
+                    for e, p in zip(noise["env_id"], noise["pair"])],
+        within=[f"{x:.3g}" for x in noise["diff_within_se_median"]],
+        between=[f"{x:.3g}" for x in noise["diff_between_seed_sd"]],
+        ratio=[f"{w / b:.2f}" if b > 0 else "n/a" for w, b in
+               zip(noise["diff_within_se_median"], noise["diff_between_seed_sd"])],
+    )
+    scale = exp.budget / PAPER_LOCOMOTION_BUDGET
+    return "\n".join([
+        BEGIN,
+        f"Scale: {exp.budget:,} environment steps per run = {scale:.2%} of the paper's "
+        f"{PAPER_LOCOMOTION_BUDGET:,}; {len(exp.seeds)} seeds; {n_tasks} meta-test tasks per seed. "
+        f"Generated from `{dest}` by `python scripts/reproduction_report.py report {dest} --update REPRODUCTION.md`.",
+        "",
+        "### Claims",
+        "",
+        _md_table(claims, ["claim_text", "paper", "where", "evidence", "verdict"],
+                  ["claim", "where in the paper", "environment / pair", "our result (paired analysis, 95% CI)",
+                   "verdict"]),
+        "",
+        RULES,
+        "",
+        "### Noise: within-seed standard error against seed-to-seed spread",
+        "",
+        ("The DRS - MAML difference after 1 test update: the median over seeds of its within-seed standard "
+         "error (over the seed's meta-test tasks) and its standard deviation across seeds."),
+        "",
+        _md_table(nz, ["pair_label", "checkpoint", "within", "between", "ratio"],
+                  ["environment, pair", "checkpoint (steps)", "within-seed SE", "seed-to-seed SD", "ratio"]),
+        "",
+        "### Measured training rates, and one run at the paper's budget at that rate",
+        "",
+        ("Training only (metrics.jsonl `time/iteration_s`, summed over the seeds' iterations; evaluation "
+         "excluded), on this grid's sampling unit; core-hours assume the 2 cores each run used here."),
+        "",
+        _md_table(rates.assign(env=[env_label(e) for e in rates["env_id"]], alg=[algo_label(a) for a in rates["algo"]],
+                               sps=[f"{x:,.0f}" for x in rates["steps_per_s"]],
+                               coreh=[f"{x:.1f}" for x in rates["paper_run_core_h"]]),
+                  ["env", "alg", "sps", "coreh"],
+                  ["environment", "algorithm", "env steps/s (2 cores)",
+                   f"core-hours per {PAPER_LOCOMOTION_BUDGET // 1_000_000}M-step run"]),
+        END,
+    ])
+
+
+def report(dest: Path, update: Path | None) -> int:
+    df = load_evaluations(dest)
+    exp = config.load(ExperimentConfig, dest / EXPERIMENT_FILE)
+    reports, diffs = {}, {}
+    for a, b in pairs_of(dest):
+        fresh = recompute_report(df, a, b)
+        committed = stats.read_report(dest / COMPARISON_DIR / f"{a}_vs_{b}_return_report.csv")
+        cols = ["paired_diff", "paired_ci_low", "paired_ci_high", "paired_q", "welch_q", "paper_value"]
+        if len(fresh) != len(committed) or not np.allclose(fresh[cols].to_numpy(float), committed[cols].to_numpy(float),
+                                                            rtol=1e-9, atol=1e-9, equal_nan=True):
+            print(f"error: the committed {a}_vs_{b} report differs from the one recomputed from the evaluation tables",
+                  file=sys.stderr)
+            return 1
+        for env_id, rep in fresh.groupby("env_id"):
+            reports[(env_id, a, b)] = rep.reset_index(drop=True)
+        diffs[(a, b)] = per_seed_differences(df, a, b)
+    claims = evaluate_claims(reports, diffs)
+    noise = noise_table(reports, diffs, df)
+    claims.to_csv(dest / "claims.csv", index=False)
+    noise.to_csv(dest / "noise.csv", index=False)
+    rates = rates_table(dest)
+    rates.to_csv(dest / "rates.csv", index=False)
+    md = markdown(dest, claims, noise, rates, exp, int(df.groupby(["env_id", "algo", "seed", "budget_mark", "test_update"])
+                                                ["task"].nunique().min()))
+    (dest / "claims.md").write_text(md + "\n")
+    if update is not None:
+        text = update.read_text()
+        if BEGIN not in text or END not in text:
+            print(f"error: {update} lacks the {BEGIN} / {END} markers", file=sys.stderr)
+            return 2
+        head, rest = text.split(BEGIN, 1)
+        update.write_text(head + md + rest.split(END, 1)[1])
+    print(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="copy a finished run's raw tables and comparison into a results folder")
+    c.add_argument("run_out", type=Path)
+    c.add_argument("dest", type=Path)
+    c.add_argument("--replace", action="store_true")
+    r = sub.add_parser("report", help="claims and noise tables from a collected results folder")
+    r.add_argument("dest", type=Path)
+    r.add_argument("--update", type=Path, help="replace the marked block of this markdown file")
+    args = ap.parse_args(argv)
+    if args.cmd == "collect":
+        return collect(args.run_out, args.dest, args.replace)
+    return report(args.dest, args.update)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

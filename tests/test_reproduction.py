@@ -1,0 +1,89 @@
+"""The committed reduced-scale reproduction (results/repro-small, REPRODUCTION.md) cannot drift
+from the code that made it: one cell of the comparison is re-derived by hand from the committed
+evaluation tables (scipy's paired t-test as the oracle), every committed report is recomputed
+by the library, and REPRODUCTION.md's generated block is regenerated and compared."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from rlbench import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+DEST = ROOT / "results" / "repro-small"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("reproduction_report", ROOT / "scripts" / "reproduction_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _evaluations() -> pd.DataFrame:
+    files = sorted((DEST / "runs").rglob("evaluation.csv"))
+    assert len(files) == 24, f"expected the 24 runs of repro-small, found {len(files)}"
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def test_one_committed_cell_rederived_by_hand():
+    """HalfCheetahRandVel, DRS+PPO vs ProMP, last checkpoint, 1 test update."""
+    df = _evaluations()
+    env, a, b = "rlbench/HalfCheetahRandVel-v0", "drs-ppo", "promp"
+    last = df["budget_mark"].max()
+    cell = df[(df["env_id"] == env) & (df["budget_mark"] == last) & (df["test_update"] == 1)]
+    means = cell.groupby(["algo", "seed"])["return"].mean()  # a seed's score: its mean over tasks
+    seeds = sorted(set(means[a].index) & set(means[b].index))
+    xa, xb = means[a].loc[seeds].to_numpy(), means[b].loc[seeds].to_numpy()
+    d = xa - xb
+    half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    p = sps.ttest_rel(xa, xb, alternative="greater").pvalue
+
+    report = stats.read_report(DEST / "comparison" / f"{a}_vs_{b}_return_report.csv")
+    row = report[(report["env_id"] == env) & (report["budget_mark"] == last) & (report["test_update"] == 1)]
+    assert len(row) == 1
+    row = row.iloc[0]
+    assert row["paired_n"] == len(seeds) >= 3
+    assert row["paired_diff"] == pytest.approx(d.mean(), rel=1e-9, abs=1e-9)
+    assert row["paired_ci_low"] == pytest.approx(d.mean() - half, rel=1e-9, abs=1e-9)
+    assert row["paired_ci_high"] == pytest.approx(d.mean() + half, rel=1e-9, abs=1e-9)
+    assert row["paired_p"] == pytest.approx(p, rel=1e-9, abs=1e-12)
+    # the q-value: Benjamini-Hochberg over the env's unflagged cells, recomputed with scipy
+    env_rows = report[(report["env_id"] == env) & (report["paired_flags"].fillna("") == "")]
+    q = sps.false_discovery_control(env_rows["paired_p"].to_numpy(), method="bh")
+    assert row["paired_q"] == pytest.approx(q[list(env_rows.index).index(row.name)], rel=1e-9)
+
+
+def test_committed_reports_and_reproduction_md_regenerate():
+    mod = _script()
+    md_path = ROOT / "REPRODUCTION.md"
+    before = md_path.read_text()
+    committed_block = before[before.index(mod.BEGIN): before.index(mod.END) + len(mod.END)]
+    df = mod.load_evaluations(DEST)
+    for a, b in mod.pairs_of(DEST):
+        fresh = mod.recompute_report(df, a, b)
+        committed = stats.read_report(DEST / "comparison" / f"{a}_vs_{b}_return_report.csv")
+        cols = ["paired_diff", "paired_ci_low", "paired_ci_high", "paired_p", "paired_q", "welch_p", "paper_value"]
+        np.testing.assert_allclose(fresh[cols].to_numpy(float), committed[cols].to_numpy(float), rtol=1e-9,
+                                   atol=1e-9, equal_nan=True)
+    out = ROOT / "results" / "repro-small"
+    # regenerate into a scratch copy of the markdown, never touching the committed files
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp) / "dest"
+        shutil.copytree(out, scratch)
+        md = Path(tmp) / "R.md"
+        md.write_text(before)
+        assert mod.report(scratch, md) == 0
+        regenerated = md.read_text()
+    block = regenerated[regenerated.index(mod.BEGIN): regenerated.index(mod.END) + len(mod.END)]
+    # the block names the folder it was generated from; compare with that path normalised
+    assert block.replace(str(scratch), "results/repro-small") == committed_block
