@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlbench import cli, stats
-from rlbench.commands import compare_cmd
+from rlbench import analysis, cli, stats
 from rlbench.errors import UsageError
 
 LOCO, MW = "rlbench/HalfCheetahRandVel-v0", "rlbench/ML1-Push-v0"
@@ -134,7 +133,7 @@ def test_synthetic_truth_is_recovered(compared):
 def test_success_metric_uses_only_envs_that_record_it(tmp_path):
     root = make_results(tmp_path / "res", seeds=(1, 2, 3))
     warnings: list[str] = []
-    written = compare_cmd.compare(root, [("drs-ppo", "promp")], tmp_path / "out", metric="success",
+    written = analysis.compare(root, [("drs-ppo", "promp")], tmp_path / "out", metric="success",
                                   warn=warnings.append)
     report = pd.read_csv(written["drs-ppo:promp/report_csv"])
     assert set(report["env_id"]) == {MW} and (report["metric"] == "success").all()
@@ -183,7 +182,7 @@ def test_refuses_empty_dir_missing_pair_and_bad_pair(tmp_path, capsys):
                                      capsys)
     assert not (tmp_path / "o").exists()
     with pytest.raises(UsageError, match="does not exist"):
-        compare_cmd.compare(tmp_path / "nowhere", ["drs-ppo:promp"], tmp_path / "o")
+        analysis.compare(tmp_path / "nowhere", ["drs-ppo:promp"], tmp_path / "o")
 
 
 def test_skips_runs_without_evaluation_and_flags_missing_runs(tmp_path):
@@ -194,7 +193,7 @@ def test_skips_runs_without_evaluation_and_flags_missing_runs(tmp_path):
     df = pd.read_csv(csv)
     df[df["checkpoint"] == 0].to_csv(csv, index=False)
     warnings: list[str] = []
-    df_all, runs = compare_cmd.load_results(root, warn=warnings.append)
+    df_all, runs = analysis.load_results(root, warn=warnings.append)
     assert len(runs) == 6 and any("seed_4" in w and "no evaluation.csv" in w for w in warnings)
     rep = stats.compare_cells(stats.seed_scores(df_all), "drs-ppo", "promp")
     later = rep[rep["budget_mark"] > 0]
@@ -250,17 +249,17 @@ def test_allow_difference_accepts_only_the_named_nested_key_and_captions_say_so(
 
 def test_check_comparable_is_generic_on_nested_dicts():
     def run(comp):
-        return compare_cmd.Run(Path("x"), "e", "a", 1, comp)
+        return analysis.Run(Path("x"), "e", "a", 1, comp)
 
     base = {"eval": {"lr": 0.1, "steps": 1}, "budget": 5}
     other = {"eval": {"lr": 0.2, "steps": 1}, "budget": 5}
     with pytest.raises(UsageError, match=r"differ in comparability.eval.lr: 0.1 vs 0.2"):
-        compare_cmd.check_comparable([run(base), run(other)])
-    assert compare_cmd.check_comparable([run(base), run(other)], ["eval.lr"]) == [
+        analysis.check_comparable([run(base), run(other)])
+    assert analysis.check_comparable([run(base), run(other)], ["eval.lr"]) == [
         "e: eval.lr differs (0.1 vs 0.2)"]
-    assert compare_cmd.check_comparable([run(base), run(other)], ["eval"]) == [
+    assert analysis.check_comparable([run(base), run(other)], ["eval"]) == [
         'e: eval differs ({"lr": 0.1, "steps": 1} vs {"lr": 0.2, "steps": 1})']
-    assert compare_cmd.check_comparable([run(base), run(base)], ["eval.lr"]) == []
+    assert analysis.check_comparable([run(base), run(base)], ["eval.lr"]) == []
 
 
 def test_paired_needs_pairing_records(tmp_path, capsys):
@@ -289,7 +288,7 @@ def test_paired_needs_pairing_records(tmp_path, capsys):
 
 def test_power_prints_seeds_needed_per_env_and_pair(tmp_path, capsys):
     root = make_results(tmp_path / "res", envs=(LOCO,), seeds=(1, 2, 3))
-    table = compare_cmd.power_report(root, ["drs-ppo:promp"])
+    table = analysis.power_report(root, ["drs-ppo:promp"])
     assert set(table["test_update"]) == {1, 5} and (table["n_pilot"] == 3).all()
     from rlbench import power
 

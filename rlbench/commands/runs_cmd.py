@@ -73,11 +73,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from rlbench import store
     from rlbench.evaluator import evaluate_run
 
     for d in args.run_dirs:
         table = evaluate_run(Path(d), n_workers=args.workers, quiet=args.quiet)
-        print(f"{Path(d) / 'evaluation.csv'}: {len(table)} rows, {table['checkpoint'].nunique()} checkpoints")
+        print(f"{Path(d) / store.EVAL_FILE}: {len(table)} rows, {table['checkpoint'].nunique()} checkpoints")
     return 0
 
 
