@@ -15,7 +15,7 @@ def describe_envs(ids: list[str] | None = None) -> list[dict]:
         env = envs.make_meta_env(env_id)
         dist = envs.get_task_distribution(env_id)
         rows.append({
-            "id": env_id,
+            "id": e.env_id,  # the registered id (also for a package.module:EnvId spec)
             "family": e.family,
             "obs": int(env.observation_space.shape[0]),
             "act": int(env.action_space.shape[0]),
