@@ -43,5 +43,5 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("envs", help="list the registered meta-environments")
-    p.add_argument("ids", nargs="*", help="only these environment ids")
+    p.add_argument("ids", nargs="*", help="only these environment ids (or package.module:EnvId specs)")
     p.set_defaults(func=_run)
