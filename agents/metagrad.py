@@ -16,7 +16,7 @@ The estimators differ only in how ``H_k v`` is formed (docs/protocol.md section 
 * ``hessian-free``: ``(grad L_k(phi + d u) - grad L_k(phi - d u)) / (2 d) * |v|`` with
   ``u = v / |v|`` and radius ``d = delta`` (HF-MAML, Fallah et al. 2020).
 
-The functions work on any dict of tensors, so the supervised studies (rlbench.theory) and
+The functions work on any dict of tensors, so the supervised studies (the ``studies`` package) and
 the RL agents share them. With stacked per-task parameters ``[T, ...]`` and a loss that is a
 sum over tasks, every product is per task.
 """

@@ -2,7 +2,10 @@
 
 Importing this package registers every environment of the study (docs/protocol.md section 2)
 plus a pure-numpy toy used by fast tests. Adding an environment is one module and one
-``register_meta_env`` call (README, "Adding an environment").
+``register_meta_env`` call (README, "Adding an environment"), in this package or in the
+user's own (found through the ``rlbench.envs`` entry-point group or a
+``package.module:EnvId`` spec, :mod:`envs.registry`). Each registration's
+``max_episode_steps`` is that environment's horizon, for the whole harness.
 """
 
 from __future__ import annotations
@@ -10,17 +13,21 @@ from __future__ import annotations
 from envs.base import InvalidTaskError, MetaEnv, TaskDistribution, UnknownEnvError
 from envs.fingerprint import fingerprint
 from envs.registry import (
+    ENTRY_POINT_GROUP,
     entry,
     env_ids,
     get_task_distribution,
+    load_entry_points,
     make,
     make_meta_env,
     register_meta_env,
+    resolve,
 )
 
 __all__ = [
-    "InvalidTaskError", "MetaEnv", "TaskDistribution", "UnknownEnvError", "entry", "env_ids", "fingerprint",
-    "get_task_distribution", "make", "make_meta_env", "register_meta_env",
+    "ENTRY_POINT_GROUP", "InvalidTaskError", "MetaEnv", "TaskDistribution", "UnknownEnvError", "entry", "env_ids",
+    "fingerprint", "get_task_distribution", "load_entry_points", "make", "make_meta_env", "register_meta_env",
+    "resolve",
 ]
 
 for _name in ("HalfCheetahRandVel", "Walker2DRandVel", "HopperRandParams", "Walker2DRandParams"):

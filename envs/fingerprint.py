@@ -103,7 +103,7 @@ def fingerprint(env_id: str, horizon: int | None = None, env_kwargs: dict[str, A
     env = make_meta_env(env_id, horizon=horizon, **(env_kwargs or {}))
     try:
         dist = get_task_distribution(env_id)
-        spec = gym.spec(env_id)
+        spec = gym.spec(e.env_id)
         out = {
             "env_id": env_id,
             "family": e.family,

@@ -276,6 +276,8 @@ def check_meta_env(env_id: str, *, n_tasks: int = 3, n_steps: int = 8, horizon: 
 def unregister_meta_env(env_id: str) -> None:
     """Remove ``env_id`` from rlbench's and gymnasium's registries (tests register throwaway envs)."""
     registry._REGISTRY.pop(env_id, None)
+    for spec in [s for s, target in registry._SPECS.items() if target == env_id]:
+        del registry._SPECS[spec]
     gym.registry.pop(env_id, None)
 
 

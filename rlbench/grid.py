@@ -22,9 +22,6 @@ from rlbench.runner import check_run, train
 from rlbench.sampler import default_workers
 from rlbench.settings import ExperimentConfig, RunConfig
 
-EXPERIMENT_FILE = "experiment.yaml"
-COMPARISON_DIR = "comparison"
-
 
 def run_dir_for(out: Path, cfg: RunConfig) -> Path:
     env_slug = cfg.env_id.replace("/", "_")
@@ -51,7 +48,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: str, quiet: bool = True) -> dict[
 
 
 def _write_experiment(exp: ExperimentConfig, out: Path) -> None:
-    path = out / EXPERIMENT_FILE
+    path = out / store.EXPERIMENT_FILE
     text = yaml.safe_dump(config.to_dict(exp), sort_keys=False)
     if path.exists():
         old = config.load(ExperimentConfig, path)
@@ -98,10 +95,10 @@ def check_experiment(exp: ExperimentConfig, out: Path) -> list[RunConfig]:
     presets.check_override_keys(exp)
     configs = presets.experiment_run_configs(exp)
     locking.check_out_path(out)
-    if out.is_dir() and not (out / EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):
+    if out.is_dir() and not (out / store.EXPERIMENT_FILE).exists() and any(p.name != locking.LOCK_FILE for p in out.iterdir()):
         from rlbench.errors import UsageError
 
-        raise UsageError(f"{out} exists and holds no {EXPERIMENT_FILE}; choose an empty or new --out")
+        raise UsageError(f"{out} exists and holds no {store.EXPERIMENT_FILE}; choose an empty or new --out")
     for cfg in configs:  # every run is checked before anything is written
         check_run(cfg, run_dir_for(out, cfg))
     return configs
@@ -136,13 +133,13 @@ def _run_experiment(exp: ExperimentConfig, out: Path, configs: list[RunConfig], 
 
 
 def compare_experiment(exp: ExperimentConfig, out: Path) -> dict[str, str]:
-    from rlbench.commands.compare_cmd import compare
+    from rlbench.analysis import compare
 
     algos = set(exp.algos)
     pairs = [p for p in exp.pairs if set(p.split(":")) <= algos]
     if not pairs:
         return {}
-    return compare(out, pairs, out / COMPARISON_DIR)
+    return compare(out, pairs, out / store.COMPARISON_DIR)
 
 
 def _ray_connect(address: str) -> bool:

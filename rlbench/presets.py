@@ -34,6 +34,15 @@ def family_of(env_id: str) -> str:
     return envs.entry(env_id).family
 
 
+def family_defaults(env_id: str) -> FamilyDefaults:
+    """The sampling unit, network, budget and checkpoints of ``env_id``'s family."""
+    family = family_of(env_id)
+    if family not in FAMILIES:
+        raise ConfigError(f"environment {env_id} is of family '{family}', which has no defaults "
+                          f"(known families: {', '.join(FAMILIES)}; register it with one of them)")
+    return FAMILIES[family]
+
+
 def hyper_of(env_id: str) -> EnvHyper:
     envs.entry(env_id)
     if env_id not in HYPER:
@@ -45,7 +54,7 @@ def base_run_dict(env_id: str, algo: str) -> dict[str, Any]:
     """The protocol's run settings for (env, algo) as a plain dict (before user overrides)."""
     if algo not in ALGOS:
         raise ConfigError(f"unknown algorithm '{algo}' (known: {', '.join(ALGOS)})")
-    fam = FAMILIES[family_of(env_id)]
+    fam = family_defaults(env_id)
     h = hyper_of(env_id)
     paired = PAIRED_INNER[algo]
     inner_lr = h.promp_inner_lr if paired == "promp" else h.trpo_maml_inner_lr
@@ -68,7 +77,8 @@ def base_run_dict(env_id: str, algo: str) -> dict[str, Any]:
         "budget": fam.budget,
         "n_checkpoints": fam.n_checkpoints,
         "policy": {"hidden_sizes": list(fam.hidden_sizes)},
-        "sampler": {"meta_batch_size": fam.meta_batch_size, "episodes_per_task": fam.episodes_per_task, "horizon": fam.horizon},
+        "sampler": {"meta_batch_size": fam.meta_batch_size, "episodes_per_task": fam.episodes_per_task,
+                    "horizon": envs.entry(env_id).horizon},  # the environment's own (its registry entry)
         "algo_cfg": algo_cfg,
         "eval": {"n_tasks": fam.eval_tasks, "episodes_per_task": fam.episodes_per_task},
         "paired_inner": paired,

@@ -60,11 +60,11 @@ HYPER: dict[str, EnvHyper] = {
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Sampling unit, network, budget and checkpoints per environment family (docs/protocol.md 4-6)."""
+    """Sampling unit, network, budget and checkpoints per environment family (docs/protocol.md 4-6).
+    The horizon is not here: it is each environment's own (its registry entry)."""
 
     meta_batch_size: int
     episodes_per_task: int
-    horizon: int
     hidden_sizes: tuple[int, ...]
     budget: int  # env steps per run (equal for every algorithm)
     n_checkpoints: int  # including checkpoint 0
@@ -77,11 +77,11 @@ FAMILIES: dict[str, FamilyDefaults] = {
     # 21 checkpoints 16M steps apart.
     # Learner threads: 2, fixed (results must not change with --workers or the machine; on
     # 2 cores two threads halve the update time at this batch shape, scripts/bench_iterations.py).
-    "locomotion": FamilyDefaults(40, 20, 200, (64, 64), 320_000_000, 21, 100, 2),
+    "locomotion": FamilyDefaults(40, 20, (64, 64), 320_000_000, 21, 100, 2),
     # 20 x 10 x 150 = 30,000 steps per unit; 600M steps; 21 checkpoints 30M apart.
-    "metaworld": FamilyDefaults(20, 10, 150, (100, 100), 600_000_000, 21, 50, 2),
+    "metaworld": FamilyDefaults(20, 10, (100, 100), 600_000_000, 21, 50, 2),
     # Tiny tensors: one learner thread (OpenMP threads made such updates many times slower).
-    "toy": FamilyDefaults(20, 10, 20, (32, 32), 400_000, 5, 20, 1),
+    "toy": FamilyDefaults(20, 10, (32, 32), 400_000, 5, 20, 1),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import envs
 from rlbench import protocol as P
 from rlbench.config import ConfigError
 
@@ -51,7 +52,7 @@ class SamplerConfig:
 
     meta_batch_size: int = P.FAMILIES["locomotion"].meta_batch_size  # tasks per iteration
     episodes_per_task: int = P.FAMILIES["locomotion"].episodes_per_task  # episodes per task per sampling round
-    horizon: int = P.FAMILIES["locomotion"].horizon  # max episode length (env steps)
+    horizon: int = envs.entry("rlbench/HalfCheetahRandVel-v0").horizon  # max episode length; presets: the env's own
     n_workers: int = 0  # worker processes; 0 = one per core, 1 = in-process
     backend: str = "auto"  # stepper backend: auto | gym | any registered in rlbench.sampler.STEPPERS
     unit: SamplingUnit = "steps"  # steps (the authors' sampler) | episodes (E whole episodes per task)

@@ -177,28 +177,27 @@ def _eta(cfg: RunConfig, used: int, budget: int, rate: float | None, run_dir: Pa
 
 
 def is_experiment_dir(path: Path) -> bool:
-    from rlbench.grid import EXPERIMENT_FILE
 
-    return (Path(path) / EXPERIMENT_FILE).is_file()
+    return (Path(path) / store.EXPERIMENT_FILE).is_file()
 
 
 def experiment_status(path: Path, now: float | None = None, stale_after: float = DEFAULT_STALE_AFTER) -> dict[str, Any]:
     """Status of every run of an experiment directory (``rlbench run --out``) or of one run directory."""
-    from rlbench.grid import EXPERIMENT_FILE, run_dir_for
+    from rlbench.grid import run_dir_for
 
     path = Path(path)
     now = time.time() if now is None else now
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     if is_experiment_dir(path):
-        exp = config.load(ExperimentConfig, path / EXPERIMENT_FILE)
+        exp = config.load(ExperimentConfig, path / store.EXPERIMENT_FILE)
         runs = [run_status(run_dir_for(path, cfg), cfg, now, stale_after) for cfg in presets.experiment_run_configs(exp)]
         name = exp.name
     elif store.is_run_dir(path):
         runs = [run_status(path, None, now, stale_after)]
         name = str(path)
     else:
-        raise UsageError(f"{path} is neither an experiment directory (no {EXPERIMENT_FILE}) nor a run directory "
+        raise UsageError(f"{path} is neither an experiment directory (no {store.EXPERIMENT_FILE}) nor a run directory "
                          f"(no {store.CONFIG_FILE} and {store.META_FILE})")
     seen = [r["state"] for r in runs]
     order = list(STATES) + sorted(set(seen) - set(STATES))

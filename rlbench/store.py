@@ -52,6 +52,10 @@ METRICS_FILE = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
 EVAL_DIR = "evaluation"
 EVAL_FILE = "evaluation.csv"
+#: An experiment directory (``rlbench run``): its ExperimentConfig and the comparison's outputs,
+#: next to the run directories (``<env>/<algo>/seed_<n>``).
+EXPERIMENT_FILE = "experiment.yaml"
+COMPARISON_DIR = "comparison"
 
 PACKAGES = ("torch", "numpy", "scipy", "gymnasium", "mujoco", "metaworld", "pandas", "matplotlib", "pyyaml", "tqdm")
 

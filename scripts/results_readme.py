@@ -19,8 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlbench import config, power, stats, store
-from rlbench.commands.compare_cmd import find_run_dirs
-from rlbench.grid import COMPARISON_DIR, EXPERIMENT_FILE
+from rlbench.analysis import find_run_dirs, load_results, output_stem
 from rlbench.plots import algo_label, env_label
 from rlbench.settings import ExperimentConfig
 
@@ -91,16 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wall", required=True, help="wall time and machine load, as measured (quoted)")
     ap.add_argument("--replace", action="store_true", help="replace files already in DEST")
     args = ap.parse_args(argv)
-    cmp_dir = args.run_out / COMPARISON_DIR
-    exp = config.load(ExperimentConfig, args.run_out / EXPERIMENT_FILE)
+    cmp_dir = args.run_out / store.COMPARISON_DIR
+    exp = config.load(ExperimentConfig, args.run_out / store.EXPERIMENT_FILE)
     runs = find_run_dirs(args.run_out)
     if not runs or not cmp_dir.is_dir():
-        print(f"error: {args.run_out} holds no runs or no {COMPARISON_DIR}/", file=sys.stderr)
+        print(f"error: {args.run_out} holds no runs or no {store.COMPARISON_DIR}/", file=sys.stderr)
         return 2
     cfg = store.read_config(runs[0])
     pairs = [tuple(p.split(":")) for p in exp.pairs if set(p.split(":")) <= set(exp.algos)]
-    copies = [(cmp_dir / f"{a}_vs_{b}_return_{k}.{e}", f"{a}_vs_{b}_return_{k}.{e}") for a, b in pairs
-              for k, e in PAIR_FILES] + [(cmp_dir / f, f) for f in STUDY_FILES]
+    sources = [output_stem(cmp_dir, pair, "return", k).with_suffix(f".{e}") for pair in pairs for k, e in PAIR_FILES]
+    copies = [(src, src.name) for src in sources] + [(cmp_dir / f, f) for f in STUDY_FILES]
     missing = [str(s) for s, _ in copies if not s.exists()]
     if missing:
         print(f"error: missing outputs (run `rlbench compare` with this version first): {missing[0]}", file=sys.stderr)
@@ -110,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.dest} already holds these files; pass --replace to replace them", file=sys.stderr)
         return 2
 
-    from rlbench.commands.compare_cmd import load_results
-
     df, _ = load_results(args.run_out, warn=lambda m: None)
     scores = stats.seed_scores(df, "return")
-    reports = {p: stats.read_report(cmp_dir / f"{p[0]}_vs_{p[1]}_return_report.csv") for p in pairs}
+    reports = {p: stats.read_report(output_stem(cmp_dir, p, "return", "report").with_suffix(".csv")) for p in pairs}
     body = []
     for p, rep in reports.items():
         body += _pair_text(rep, scores[scores["algo"].isin(p)])

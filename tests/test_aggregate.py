@@ -10,8 +10,7 @@ import pytest
 from scipy import stats as sps
 from test_compare_cmd import LOCO, MW, make_results
 
-from rlbench import aggregate
-from rlbench.commands import compare_cmd
+from rlbench import aggregate, analysis
 
 
 def test_iqm_by_hand_and_batched():
@@ -61,7 +60,7 @@ def test_normalisation_is_initial_policy_zero_best_mean_one():
 def exported(tmp_path_factory):
     root = make_results(tmp_path_factory.mktemp("res"), envs=(LOCO, MW))
     out = tmp_path_factory.mktemp("out")
-    compare_cmd.compare(root, ["drs-ppo:promp"], out, n_boot=99)
+    analysis.compare(root, ["drs-ppo:promp"], out, n_boot=99)
     stem = out / "drs-ppo_vs_promp_return_"
     with np.load(f"{stem}rliable.npz") as z:
         arrays = {k: z[k] for k in z.files}

@@ -1,4 +1,4 @@
-"""Oracle tests for rlbench.theory.linreg (Gao & Sener 2020, section 4 / Figure 3; docs/protocol.md s.8).
+"""Oracle tests for studies.linreg (Gao & Sener 2020, section 4 / Figure 3; docs/protocol.md s.8).
 
 Each closed form is checked against something computed independently: numerical minimisers
 of the literal empirical objectives, Monte Carlo simulation of tasks and of adaptation, and
@@ -13,7 +13,7 @@ import pytest
 from scipy.optimize import minimize
 
 from rlbench.cli import main
-from rlbench.theory import linreg as L
+from studies import linreg as L
 
 
 def _fixed_task(p: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:

@@ -1,4 +1,4 @@
-"""Tests of rlbench.theory.maml_variants (Fallah et al. 2020; Ji, Yang & Liang) and its command.
+"""Tests of studies.maml_variants (Fallah et al. 2020; Ji, Yang & Liang) and its command.
 
 Oracles are independent of autograd: closed-form gradient and Hessian of the rank-one
 factorisation loss, the closed-form MAML gradient, and the closed-form Hessian of the K-step
@@ -16,7 +16,7 @@ import torch
 
 from agents import metagrad as mg
 from rlbench.cli import main
-from rlbench.theory import maml_variants as V
+from studies import maml_variants as V
 
 # Reduced settings, same step sizes and task spreads as the defaults (keeps the file fast).
 SMALL = dataclasses.replace(V.DEFAULTS, n_tasks=200, iterations=300, record_points=30)

@@ -20,8 +20,9 @@ import yaml
 from rlbench import config, plan, presets, status, store
 from rlbench.cli import main
 from rlbench.evaluator import evaluate_run
-from rlbench.grid import EXPERIMENT_FILE, run_dir_for, run_experiment
+from rlbench.grid import run_dir_for, run_experiment
 from rlbench.runner import prepare_run_dir, train
+from rlbench.store import EXPERIMENT_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECTION = ROOT / "results" / "bench" / "iterations_projection.json"

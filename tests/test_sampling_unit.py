@@ -325,7 +325,7 @@ def test_walker_foot_friction_default_is_the_authors_and_v5_is_a_switch():
 def test_test_time_rule_is_compared_within_each_pair_only():
     from pathlib import Path
 
-    from rlbench.commands.compare_cmd import Run, check_comparable
+    from rlbench.analysis import Run, check_comparable
     from rlbench.errors import UsageError
 
     def run(algo, loss, lr, unit="steps"):

@@ -15,7 +15,7 @@ def describe_envs(ids: list[str] | None = None) -> list[dict]:
         env = envs.make_meta_env(env_id)
         dist = envs.get_task_distribution(env_id)
         rows.append({
-            "id": env_id,
+            "id": e.env_id,  # the registered id (also for a package.module:EnvId spec)
             "family": e.family,
             "obs": int(env.observation_space.shape[0]),
             "act": int(env.action_space.shape[0]),
@@ -43,5 +43,5 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("envs", help="list the registered meta-environments")
-    p.add_argument("ids", nargs="*", help="only these environment ids")
+    p.add_argument("ids", nargs="*", help="only these environment ids (or package.module:EnvId specs)")
     p.set_defaults(func=_run)

@@ -4,7 +4,7 @@ Computes, over a grid of M (tasks) and N (points per task), the fraction of simu
 for which the MAML estimate has lower expected loss than the DRS estimate, before and after
 adaptation (docs/protocol.md section 8), and writes ``linreg.csv``, ``linreg.png``, ``linreg.pdf``
 and ``linreg.json`` (settings, versions, wall time) into ``--out``. Defaults come from
-``rlbench.theory.linreg.DEFAULTS``.
+``studies.linreg.DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _parse_grid(flag: str, values: list[str]) -> tuple[int, ...]:
 
 
 def _validate(args: argparse.Namespace) -> dict:
-    from rlbench.theory.linreg import DEFAULTS
+    from studies.linreg import DEFAULTS
 
     alphas = tuple(_parse_alpha(a) for a in args.alpha) if args.alpha is not None else DEFAULTS.alphas
     if not alphas:
@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     paths = _output_paths(args.out, args.force)  # checked before any computing
 
 
-    from rlbench.theory.linreg import figure3, plot_figure3
+    from studies.linreg import figure3, plot_figure3
 
     start = time.perf_counter()
     df = figure3(
@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``linreg`` subcommand."""
-    from rlbench.theory.linreg import DEFAULTS, ROTATIONS
+    from studies.linreg import DEFAULTS, ROTATIONS
 
     p = sub.add_parser(
         "linreg",

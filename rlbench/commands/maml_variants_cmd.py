@@ -1,6 +1,6 @@
 """``rlbench maml-variants``: MAML vs FO-MAML vs HF-MAML, and multi-step MAML, on supervised problems.
 
-Runs the two studies of ``rlbench.theory.maml_variants`` (defaults: ``DEFAULTS`` there):
+Runs the two studies of ``studies.maml_variants`` (defaults: ``DEFAULTS`` there):
 
 * rank-one matrix factorisation (Fallah, Mokhtari & Ozdaglar, AISTATS 2020): the true
   meta-gradient norm of MAML, FO-MAML and HF-MAML with exact and stochastic gradients, for
@@ -51,14 +51,14 @@ def _save(fig, png: Path, pdf: Path, creator: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rlbench.theory.maml_variants import DEFAULTS
+    from studies.maml_variants import DEFAULTS
 
     iterations = parse_int("--iterations", args.iterations, 1) if args.iterations is not None else DEFAULTS.iterations
     seed = parse_int("--seed", args.seed, 0) if args.seed is not None else DEFAULTS.seed
     paths = _output_paths(args.out, args.force)  # checked before any computing
 
 
-    from rlbench.theory import maml_variants as mv
+    from studies import maml_variants as mv
 
     cfg = dataclasses.replace(DEFAULTS, iterations=iterations, seed=seed)
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``maml-variants`` subcommand."""
-    from rlbench.theory.maml_variants import DEFAULTS
+    from studies.maml_variants import DEFAULTS
 
     p = sub.add_parser(
         "maml-variants",

@@ -73,11 +73,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from rlbench import store
     from rlbench.evaluator import evaluate_run
 
     for d in args.run_dirs:
         table = evaluate_run(Path(d), n_workers=args.workers, quiet=args.quiet)
-        print(f"{Path(d) / 'evaluation.csv'}: {len(table)} rows, {table['checkpoint'].nunique()} checkpoints")
+        print(f"{Path(d) / store.EVAL_FILE}: {len(table)} rows, {table['checkpoint'].nunique()} checkpoints")
     return 0
 
 
@@ -117,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train one run (checkpoints at shared env-step marks)")
-    t.add_argument("--env", required=True, help="environment id, e.g. rlbench/HalfCheetahRandVel-v0")
+    t.add_argument("--env", required=True, help="environment id, e.g. rlbench/HalfCheetahRandVel-v0, or "
+                   "package.module:EnvId (imports the module, which registers it)")
     t.add_argument("--algo", required=True, choices=["drs-ppo", "promp", "drs-trpo", "trpo-maml"])
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--budget", type=_int_steps, default=None, help="environment steps (default: the protocol budget)")

@@ -43,7 +43,7 @@ Model-Agnostic Meta-Learning", JMLR 2022). With K inner steps the meta-gradient 
 ``prod_k (I - alpha H_k)``, whose norm can grow like ``(1 + alpha L)^K``; their analysis
 keeps it bounded with an inner step size ``alpha = c / K`` (then ``(1 + c L / K)^K <= e^{cL}``),
 which gives a meta-smoothness and an admissible outer step size independent of K. On
-meta-linear regression (tasks and data drawn with :mod:`rlbench.theory.linreg`: p = 5, M = 20
+meta-linear regression (tasks and data drawn with :mod:`studies.linreg`: p = 5, M = 20
 tasks, N = 5 points per half, so the empirical inner Hessians ``X^T X / N`` have eigenvalues
 up to ~7) we meta-train the K-step MAML objective by gradient descent with one outer step
 size for K = 1, 2, 5, 10, with a fixed ``alpha = c`` and with ``alpha = c / K``. Since the
@@ -66,7 +66,7 @@ import torch
 
 from agents import metagrad as mg
 from rlbench.seeding import generator
-from rlbench.theory.linreg import LinRegTasks, sample_raw
+from studies.linreg import LinRegTasks, sample_raw
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
