@@ -230,3 +230,46 @@ def test_no_module_outside_the_registry_names_an_algorithm():
                 if quotes % 2:
                     in_doc = not in_doc
     assert offenders == [], "\n".join(offenders)
+
+
+class Recorder:
+    """Forwards attribute reads to a config and records their names."""
+
+    def __init__(self, inner):
+        self._inner, self.seen = inner, set()
+
+    def __getattr__(self, name):
+        self.seen.add(name)
+        return getattr(self._inner, name)
+
+
+#: properties of AlgoConfig -> the fields they read
+DERIVED = {"effective_inner_lr": {"inner_lr", "inner_steps", "inner_lr_over_k"}}
+
+
+@pytest.mark.parametrize("algo,over", [
+    ("drs-ppo", {"minibatches": 2}), ("drs-trpo", {}), ("promp", {"adaptive_eta": True}), ("trpo-maml", {}),
+])
+def test_agents_read_only_the_fields_their_entry_lists(algo, over):
+    """One training iteration per built-in agent, with its algorithm settings behind a recorder:
+    every AlgoConfig field it reads is declared in its registry entry's ``reads``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from rlbench.sampler import Sampler
+    from rlbench.trainer import Trainer
+
+    cfg = presets.run_config("rlbench/PointGoal-v0", algo, 0, budget=10**6, overrides={
+        "sampler": {"meta_batch_size": 3, "episodes_per_task": 2, "n_workers": 1}, "algo_cfg": over})
+    spec = registry.get(algo)
+    rec = Recorder(cfg.algo_cfg)
+    view = SimpleNamespace(**{k: getattr(cfg, k) for k in ("algo", "seed", "dtype", "policy", "advantage")}, algo_cfg=rec)
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        policy = trainer.agent.policy
+        trainer.agent = spec.agent(view, policy, policy.init_params(torch.Generator().manual_seed(0)))
+        trainer.iterate()
+    seen = set().union(*(DERIVED.get(name, {name}) for name in rec.seen))
+    assert seen, algo
+    assert seen <= set(spec.reads), sorted(seen - set(spec.reads))
