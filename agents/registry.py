@@ -14,11 +14,17 @@ Adding an algorithm is one module (its agent class) plus one :func:`register` ca
                       partners=("drs-ppo",), gs_test_lr=lambda a: a.inner_lr,
                       table="path/to/my-maml.yaml"))
 
-The built-in algorithms are registered at the bottom of this module.
+The built-in algorithms are registered at the bottom of this module. An algorithm in another
+package registers itself the same way when its module is imported; to have the command line
+import it, advertise the module under the entry-point group ``rlbench.algorithms`` (e.g. in
+its pyproject.toml: ``[project.entry-points."rlbench.algorithms"] my-maml = "my_pkg.my_maml"``),
+which :func:`load_plugins` imports when this registry is first imported.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,10 @@ from agents.core import DTYPES, Agent, InnerLoss
 from agents.drs import DRSPPO, DRSTRPO
 from agents.maml import TRPOMAML, ProMP
 from agents.policy import GaussianMLPPolicy
+
+#: Entry-point group of algorithm plugins: each entry names a module that calls register().
+ENTRY_POINT_GROUP = "rlbench.algorithms"
+log = logging.getLogger(__name__)
 
 
 def one_round(a: AlgoConfig) -> int:
@@ -214,3 +224,23 @@ register(AlgoSpec(
     key=TRPOMAML.algo, name="TRPO-MAML", agent=TRPOMAML, meta_learner=True, reads=_TRPO + _INNER,
     rounds=meta_rounds, partners=(DRSTRPO.algo,), gs_test_lr=lambda a: a.inner_lr,
 ))
+
+
+def load_plugins() -> list[str]:
+    """Import every module advertised under :data:`ENTRY_POINT_GROUP` (each registers its
+    algorithms on import). A plugin that fails to import is skipped with a logged warning,
+    so one broken package cannot disable the harness. Returns the modules imported."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            importlib.import_module(ep.value.split(":")[0])
+        except Exception as e:  # noqa: BLE001 - any error of third-party code
+            log.warning("algorithm plugin %s (%s) could not be loaded: %s: %s", ep.name, ep.value, type(e).__name__, e)
+            continue
+        loaded.append(ep.value)
+    return loaded
+
+
+load_plugins()

@@ -273,3 +273,26 @@ def test_agents_read_only_the_fields_their_entry_lists(algo, over):
     seen = set().union(*(DERIVED.get(name, {name}) for name in rec.seen))
     assert seen, algo
     assert seen <= set(spec.reads), sorted(seen - set(spec.reads))
+
+
+def test_algorithm_plugins_register_through_the_entry_point_group(tmp_path, monkeypatch, caplog):
+    from importlib import metadata
+
+    (tmp_path / "rlb_plugin_ok.py").write_text(
+        "from agents.drs import DRSPPO\nfrom agents.registry import AlgoSpec, register\n"
+        "class PluginDRS(DRSPPO):\n    algo = 'plugin-drs'\n"
+        f"register(AlgoSpec(key='plugin-drs', name='Plugin DRS', agent=PluginDRS, meta_learner=False, reads=(),\n"
+        f"                  adapt_like='promp', table={str(registry.get('drs-ppo').table_path)!r}))\n")
+    (tmp_path / "rlb_plugin_bad.py").write_text("raise RuntimeError('broken plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = [metadata.EntryPoint("ok", "rlb_plugin_ok", registry.ENTRY_POINT_GROUP),
+           metadata.EntryPoint("bad", "rlb_plugin_bad", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [e for e in eps if e.group == group])
+    try:
+        with caplog.at_level(logging.WARNING, logger="agents.registry"):
+            assert registry.load_plugins() == ["rlb_plugin_ok"]
+        assert registry.display_name("plugin-drs") == "Plugin DRS"
+        assert presets.run_config("rlbench/PointGoal-v0", "plugin-drs", 0).paired_inner == "promp"
+        assert "algorithm plugin bad (rlb_plugin_bad) could not be loaded: RuntimeError: broken plugin" in caplog.text
+    finally:
+        registry.unregister("plugin-drs")
