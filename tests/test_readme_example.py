@@ -125,7 +125,6 @@ def _with_out(argv: list[str], out: Path) -> list[str]:
     return [*argv[:-1], str(out)]
 
 
-@pytest.mark.xfail(reason="needs the algos branch's family-default fallback", strict=True)
 def test_readme_example_trains_and_evaluates_from_outside_the_repo(tmp_path):
     """`rlbench train` (one iteration) and `rlbench evaluate` on the README's environment, named
     by its package.module:EnvId spec, in fresh processes that know it only from the spec."""
