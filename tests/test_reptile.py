@@ -1,0 +1,191 @@
+"""Reptile (agents/reptile.py) against oracles: its update recomputed per task with plain
+torch autograd on a separate copy of the parameters and a hand-written policy density, on
+scripted batches (K = 1, 2, 3); the inner gradient against central finite differences; and
+the budget arithmetic of the Trainer (K sampling rounds per iteration, steps unit)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.advantages import compute_advantages
+from agents.core import advantage_settings
+from agents.policy import GaussianMLPPolicy
+from agents.reptile import Reptile
+from rlbench.presets import run_config
+from rlbench.sampler import Sampler
+from rlbench.trainer import Trainer
+
+F64 = torch.float64
+ENV = "rlbench/PointGoal-v0"
+SMALL = {"sampler": {"meta_batch_size": 3, "episodes_per_task": 2, "horizon": 6, "n_workers": 1},
+         "policy": {"hidden_sizes": [5]}}
+
+
+def reptile_cfg(**algo_cfg):
+    over = {**SMALL, "dtype": "float64", "algo_cfg": algo_cfg}
+    return run_config(ENV, "reptile", seed=0, budget=10**6, overrides=over)
+
+
+def policy_of(cfg) -> GaussianMLPPolicy:
+    p = cfg.policy
+    return GaussianMLPPolicy(2, 2, tuple(p.hidden_sizes), p.init_std, p.action_scale)
+
+
+def theta0(policy: GaussianMLPPolicy, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    p = policy.init_params(g, F64)
+    with torch.no_grad():
+        for v in p.values():
+            v.add_(0.3 * torch.randn(v.shape, generator=g, dtype=F64))
+    return p
+
+
+def scripted_batches(cfg, policy, K: int):
+    """K real PointGoal rounds sampled with unrelated parameters (the oracle does not care who
+    sampled: the inner loss is -mean(log pi(a|s) * A) of the parameters being adapted)."""
+    tasks = [np.array([1.0 + 0.3 * i, 0.2 * i - 0.1]) for i in range(cfg.sampler.meta_batch_size)]
+    out = []
+    with Sampler(ENV, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        for k in range(K):
+            actor = policy.actor(theta0(policy, seed=100 + k))
+            out.append(sampler.collect(tasks, cfg.sampler.episodes_per_task, actor, np.random.default_rng(k), unit="steps"))
+    return tasks, out
+
+
+# -- the oracle: one task, plain autograd, an independent Gaussian MLP density ------------------------------------
+
+
+def oracle_logp(p: dict, obs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    h = obs
+    n_layers = sum(1 for k in p if k.startswith("W"))
+    for i in range(n_layers):
+        h = h @ p[f"W{i}"].T + p[f"b{i}"]
+        if i < n_layers - 1:
+            h = torch.tanh(h)
+    ls = p["log_std"]
+    return (-0.5 * ((acts - h) / ls.exp()) ** 2 - ls - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def oracle_task_loss(p: dict, batch, adv: np.ndarray, t: int) -> torch.Tensor:
+    """-mean over task t's used transitions of log pi(a|s) * A."""
+    m = batch.valid[t]
+    obs = torch.as_tensor(batch.obs[t][m], dtype=F64)
+    acts = torch.as_tensor(batch.actions[t][m], dtype=F64)
+    a = torch.as_tensor(adv[t][m], dtype=F64)
+    return -(oracle_logp(p, obs, acts) * a).mean()
+
+
+def oracle_update(theta: dict, batches: list, cfg, lr: float, eps: float) -> tuple[dict, list[list[dict]]]:
+    """theta + eps * (mean_t phi_t - theta), phi_t = K SGD steps from theta on task t's rounds.
+    Also returns each task's parameters at the start of every round."""
+    T = len(batches[0].tasks)
+    phis, starts = [], []
+    for t in range(T):
+        p = {k: v.detach().clone() for k, v in theta.items()}
+        seen = []
+        for batch in batches:
+            seen.append({k: v.clone() for k, v in p.items()})
+            adv = compute_advantages(batch, advantage_settings(cfg.advantage))
+            leaf = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+            grads = torch.autograd.grad(oracle_task_loss(leaf, batch, adv, t), tuple(leaf.values()))
+            p = {k: v.detach() - lr * g for (k, v), g in zip(leaf.items(), grads)}
+        phis.append(p)
+        starts.append(seen)
+    mean_phi = {k: sum(ph[k] for ph in phis) / T for k in theta}
+    return {k: theta[k].detach() + eps * (mean_phi[k] - theta[k].detach()) for k in theta}, starts
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_update_matches_per_task_autograd_oracle(K):
+    lr, eps = 0.07, 0.6
+    cfg = reptile_cfg(inner_steps=K, inner_lr=lr, outer_step=eps)
+    policy = policy_of(cfg)
+    agent = Reptile(cfg, policy, theta0(policy))
+    theta = {k: v.detach().clone() for k, v in agent.params.items()}
+    tasks, batches = scripted_batches(cfg, policy, K)
+    calls: list[dict] = []
+
+    def collect(ts, params):
+        assert ts is tasks
+        calls.append({k: v.detach().clone() for k, v in params.items()})
+        return batches[len(calls) - 1]
+
+    agent.train_iteration(collect, tasks)
+    assert len(calls) == K  # K sampling rounds, no post-adaptation round
+    expected, starts = oracle_update(theta, batches, cfg, lr, eps)
+    for k in theta:
+        torch.testing.assert_close(agent.params[k].detach(), expected[k], rtol=1e-10, atol=1e-12)
+        assert agent.params[k].requires_grad and agent.params[k].is_leaf
+    # round 0 is sampled with the shared meta-parameters, round k with each task's phi_k
+    for k in theta:
+        torch.testing.assert_close(calls[0][k], theta[k], rtol=0, atol=0)
+    for r in range(1, K):
+        for t in range(len(tasks)):
+            for k in theta:
+                torch.testing.assert_close(calls[r][k][t], starts[t][r][k], rtol=1e-10, atol=1e-12)
+    # the update moved the parameters (a check that could not pass with a no-op learner)
+    assert max(float((agent.params[k].detach() - theta[k]).abs().max()) for k in theta) > 1e-4
+
+
+def test_inner_gradient_matches_finite_differences():
+    """(theta - phi_1) / lr, the inner step's gradient, against central differences of the
+    oracle loss along random directions, for every task."""
+    lr = 0.05
+    cfg = reptile_cfg(inner_steps=1, inner_lr=lr, outer_step=1.0)
+    policy = policy_of(cfg)
+    theta = theta0(policy, seed=3)
+    tasks, batches = scripted_batches(cfg, policy, 1)
+    agent = Reptile(cfg, policy, {k: v.detach().clone() for k, v in theta.items()})
+    phi, _ = agent.adapt_rounds(lambda ts, p: batches[0], tasks)
+    adv = compute_advantages(batches[0], advantage_settings(cfg.advantage))
+    g = torch.Generator().manual_seed(7)
+    h = 1e-5
+    for t in range(len(tasks)):
+        grad = {k: (theta[k].detach() - phi[k][t]) / lr for k in theta}
+        for _ in range(3):
+            v = {k: torch.randn(x.shape, generator=g, dtype=F64) for k, x in theta.items()}
+            with torch.no_grad():
+                up = oracle_task_loss({k: theta[k] + h * v[k] for k in theta}, batches[0], adv, t)
+                down = oracle_task_loss({k: theta[k] - h * v[k] for k in theta}, batches[0], adv, t)
+            fd = float((up - down) / (2 * h))
+            directional = float(sum((grad[k] * v[k]).sum() for k in theta))
+            assert directional == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_outer_step_one_lands_on_the_mean_adapted_parameters():
+    cfg = reptile_cfg(inner_steps=2, inner_lr=0.1, outer_step=1.0)
+    policy = policy_of(cfg)
+    agent = Reptile(cfg, policy, theta0(policy, seed=5))
+    tasks, batches = scripted_batches(cfg, policy, 2)
+    phi, _ = Reptile(cfg, policy, {k: v.detach().clone() for k, v in agent.params.items()}).adapt_rounds(
+        iter_collect(batches), tasks)
+    agent.train_iteration(iter_collect(batches), tasks)
+    for k in phi:
+        torch.testing.assert_close(agent.params[k].detach(), phi[k].mean(0), rtol=1e-12, atol=1e-14)
+
+
+def iter_collect(batches):
+    it = iter(batches)
+    return lambda tasks, params: next(it)
+
+
+# -- budget ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_one_iteration_charges_k_rounds(K):
+    cfg = run_config(ENV, "reptile", seed=0, budget=10**6, overrides={**SMALL, "algo_cfg": {"inner_steps": K}})
+    T, E, H = 3, 2, 6
+    assert cfg.iteration_steps == K * T * E * H
+    with Sampler(ENV, horizon=H, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        for n in (1, 2):
+            m = trainer.iterate()
+            assert trainer.budget.used == n * K * T * E * H  # PointGoal never terminates early
+            assert sampler.total_steps == trainer.budget.used
+            assert m["sampling/rounds"] == K
+            assert m["sampling/steps_charged"] == K * T * E * H
