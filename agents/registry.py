@@ -6,10 +6,11 @@ from agents.core import DTYPES, Agent
 from agents.drs import DRSPPO, DRSTRPO
 from agents.maml import TRPOMAML, ProMP
 from agents.policy import GaussianMLPPolicy
+from agents.reptile import Reptile
 from rlbench import seeding
 from rlbench.settings import RunConfig
 
-AGENTS = {"drs-ppo": DRSPPO, "promp": ProMP, "drs-trpo": DRSTRPO, "trpo-maml": TRPOMAML}
+AGENTS = {"drs-ppo": DRSPPO, "promp": ProMP, "drs-trpo": DRSTRPO, "trpo-maml": TRPOMAML, "reptile": Reptile}
 
 
 def make_policy(cfg: RunConfig, obs_dim: int, act_dim: int) -> GaussianMLPPolicy:

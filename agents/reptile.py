@@ -44,7 +44,7 @@ class Reptile(LearnerBase):
         super().__init__(cfg, policy, params)
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.inner_steps = cfg.algo_cfg.inner_steps
-        self.epsilon = cfg.algo_cfg.learning_rate
+        self.epsilon = cfg.algo_cfg.outer_step
 
     def adapt_rounds(self, collect: Collect, tasks: list[Any]) -> tuple[Params, list[dict[str, float]]]:
         """K rounds: sample with the current per-task parameters, take one inner step per task.
@@ -65,8 +65,9 @@ class Reptile(LearnerBase):
             for k, v in self.params.items():
                 v.add_(self.epsilon * direction[k])
         out = dict(rounds[0])  # rollout/*: the meta-parameters' own episodes, as for DRS
-        out["train/adapted_return_mean"] = rounds[-1]["rollout/return_mean"]
-        out["train/adaptation_gain"] = rounds[-1]["rollout/return_mean"] - rounds[0]["rollout/return_mean"]
+        if len(rounds) > 1:  # the last round was sampled after K - 1 adaptation steps
+            out["train/adapted_return_mean"] = rounds[-1]["rollout/return_mean"]
+            out["train/adaptation_gain"] = rounds[-1]["rollout/return_mean"] - rounds[0]["rollout/return_mean"]
         out["train/direction_norm"] = float(torch.sqrt(sum((d * d).sum() for d in direction.values())))
         out["train/std"] = float(self.params["log_std"].detach().exp().mean())
         return out

@@ -71,7 +71,7 @@ class PersistentAdam:
 def gs_compat_lr(cfg: RunConfig) -> float:
     """Test-time learning rate of GS's code for each algorithm (docs/protocol.md section 6.3)."""
     return {"drs-ppo": cfg.algo_cfg.learning_rate, "promp": cfg.algo_cfg.inner_lr,
-            "drs-trpo": 0.0, "trpo-maml": cfg.algo_cfg.inner_lr}[cfg.algo]
+            "drs-trpo": 0.0, "trpo-maml": cfg.algo_cfg.inner_lr, "reptile": cfg.algo_cfg.inner_lr}[cfg.algo]
 
 
 def test_tasks(cfg: RunConfig) -> list[Any]:

@@ -30,7 +30,7 @@ from scipy import stats as sps
 from rlbench import stats
 
 #: Display names of the registry keys (docs/protocol.md section 4).
-ALGO_LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML"}
+ALGO_LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML", "reptile": "Reptile"}
 #: First method of a pair in red, second in blue (RdBu_r: red = first better).
 PAIR_COLORS = ("tab:red", "tab:blue")
 METRIC_LABELS = {"return": "undiscounted return", "success": "success rate"}

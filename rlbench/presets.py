@@ -18,7 +18,17 @@ from typing import Any
 import envs
 from rlbench import config
 from rlbench.config import ConfigError
-from rlbench.protocol import ETA_ADAPTIVE_START, ETA_FIXED, FAMILIES, HYPER, KL_TARGET, EnvHyper, FamilyDefaults
+from rlbench.protocol import (
+    ETA_ADAPTIVE_START,
+    ETA_FIXED,
+    FAMILIES,
+    HYPER,
+    KL_TARGET,
+    REPTILE_INNER_STEPS,
+    REPTILE_OUTER_STEP,
+    EnvHyper,
+    FamilyDefaults,
+)
 from rlbench.settings import ALGOS, ExperimentConfig, RunConfig
 
 __all__ = ["FAMILIES", "HYPER", "EnvHyper", "FamilyDefaults", "PAIRED_INNER", "run_config", "load_experiment"]
@@ -27,7 +37,7 @@ PRESET_DIR = Path(__file__).with_name("presets")
 
 #: DRS algorithm -> the MAML algorithm whose inner update adapts it at meta-test time
 #: (docs/protocol.md section 6.3: DRS+PPO adapts like ProMP, DRS+TRPO like TRPO-MAML).
-PAIRED_INNER = {"drs-ppo": "promp", "promp": "promp", "drs-trpo": "trpo-maml", "trpo-maml": "trpo-maml"}
+PAIRED_INNER = {"drs-ppo": "promp", "promp": "promp", "drs-trpo": "trpo-maml", "trpo-maml": "trpo-maml", "reptile": "promp"}
 
 
 def family_of(env_id: str) -> str:
@@ -57,6 +67,9 @@ def base_run_dict(env_id: str, algo: str) -> dict[str, Any]:
         algo_cfg["adaptive_eta"] = h.adaptive_eta
         algo_cfg["eta"] = ETA_ADAPTIVE_START if h.adaptive_eta else ETA_FIXED
         algo_cfg["kl_target"] = KL_TARGET
+    elif algo == "reptile":
+        algo_cfg["outer_step"] = REPTILE_OUTER_STEP
+        algo_cfg["inner_steps"] = REPTILE_INNER_STEPS
     elif algo == "drs-trpo":
         algo_cfg["max_kl"] = h.drs_trpo_max_kl
     else:

@@ -28,6 +28,10 @@ ETA_FIXED = 5e-4  # ProMP KL penalty (fixed schedule)
 ETA_ADAPTIVE_START = 1e-3  # ProMP KL penalty (adaptive schedule) ...
 KL_TARGET = 1e-2  # ... halved below KL_TARGET / 1.5, doubled above 1.5 x KL_TARGET
 TEST_UPDATES = 5  # meta-test adaptation steps (returns recorded at t = 0..5)
+# Reptile (not in the study; agents/reptile.py): outer step epsilon and inner steps K. Not paper
+# values: the Reptile paper's classification runs anneal epsilon linearly from 1 to 0.
+REPTILE_OUTER_STEP = 1.0
+REPTILE_INNER_STEPS = 2
 
 
 @dataclass(frozen=True)

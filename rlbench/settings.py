@@ -13,7 +13,7 @@ from typing import Any, Literal
 from rlbench import protocol as P
 from rlbench.config import ConfigError
 
-ALGOS = ("drs-ppo", "promp", "drs-trpo", "trpo-maml")
+ALGOS = ("drs-ppo", "promp", "drs-trpo", "trpo-maml", "reptile")
 MetaGradient = Literal["second-order", "first-order", "hessian-free"]
 SamplingUnit = Literal["steps", "episodes"]
 
@@ -121,11 +121,14 @@ class AlgoConfig:
     eta: float = P.ETA_FIXED
     adaptive_eta: bool = False
     kl_target: float = P.KL_TARGET
+    # Reptile's outer step: theta += outer_step * (mean adapted params - theta)
+    outer_step: float = P.REPTILE_OUTER_STEP
 
     def validate(self, p: str = "") -> None:
         for key in ("learning_rate", "clip", "max_kl", "inner_lr", "hf_delta", "kl_target", "backtrack_ratio"):
             _check(getattr(self, key) > 0, p, key, "must be positive")
         _check(self.eta >= 0, p, "eta", "must be >= 0")
+        _check(self.outer_step > 0, p, "outer_step", "must be positive")
         _check(self.backtrack_ratio < 1, p, "backtrack_ratio", "must be < 1")
         for key in ("num_ppo_steps", "minibatches", "cg_iters", "inner_steps"):
             _check(getattr(self, key) >= 1, p, key, "must be >= 1")
@@ -204,8 +207,8 @@ class RunConfig:
 
     @property
     def iteration_steps(self) -> int:
-        """Worst-case env steps of one training iteration (K+1 sampling units for MAML)."""
-        rounds = self.algo_cfg.inner_steps + 1 if self.is_maml else 1
+        """Worst-case env steps of one training iteration (K+1 sampling units for MAML, K for Reptile)."""
+        rounds = self.algo_cfg.inner_steps + 1 if self.is_maml else self.algo_cfg.inner_steps if self.algo == "reptile" else 1
         return rounds * self.sampler.unit_steps
 
     @property
