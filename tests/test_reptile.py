@@ -216,3 +216,49 @@ def test_reptile_improves_the_adapted_meta_test_return_on_pointgoal():
         gain = np.array([b["return"] - a["return"] for a, b in zip(before, after) if a["test_update"] == 1])
         se = gain.std(ddof=1) / np.sqrt(len(gain))
         assert gain.mean() > 1.0 and gain.mean() > 5 * se, (seed, gain.mean(), se)
+
+
+# -- through the command line: train, evaluate, compare against DRS+PPO ----------------------------------------------
+
+TINY_EXPERIMENT = """
+name: reptile-tiny
+envs: [rlbench/PointGoal-v0]
+algos: [drs-ppo, reptile]
+pairs: [drs-ppo:reptile]
+seeds: [1, 2]
+budget: 1600
+n_checkpoints: 2
+overrides:
+  all:
+    sampler: {meta_batch_size: 4, episodes_per_task: 2, n_workers: 1}
+    eval: {n_tasks: 3, n_updates: 1, episodes_per_task: 2}
+"""
+
+
+def test_cli_run_compares_reptile_with_drs_ppo(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from rlbench.cli import main
+
+    exp = tmp_path / "reptile-tiny.yaml"
+    exp.write_text(TINY_EXPERIMENT)
+    out = tmp_path / "out"
+    assert main(["run", str(exp), "--out", str(out), "--quiet", "--yes"]) == 0
+    runs = {algo: json.loads((out / "rlbench_PointGoal-v0" / algo / "seed_1" / "run.json").read_text()) for algo in ("drs-ppo", "reptile")}
+    # equal budgets, spent in full: 10 DRS+PPO iterations of one round, 5 Reptile iterations of K = 2 rounds
+    assert runs["drs-ppo"]["budget_used"] == runs["reptile"]["budget_used"] == 1600
+    assert (runs["drs-ppo"]["iterations"], runs["reptile"]["iterations"]) == (10, 5)
+    # one test-time rule for both sides of the pair: SGD with ProMP's inner step size on this env
+    assert runs["reptile"]["comparability"]["test_time"] == runs["drs-ppo"]["comparability"]["test_time"]
+    assert runs["reptile"]["comparability"]["test_time"]["lr"] == run_config(ENV, "promp", 0).algo_cfg.inner_lr
+    report = pd.read_csv(out / "comparison" / "drs-ppo_vs_reptile_return_report.csv")
+    cells = report[(report["algo_a"] == "drs-ppo") & (report["algo_b"] == "reptile")]
+    assert sorted(zip(cells["budget_mark"], cells["test_update"])) == [(0, 0), (0, 1), (1600, 0), (1600, 1)]
+    assert (cells["paired_n"] == 2).all() and cells[["mean_a", "mean_b"]].notna().all().all()
+    # checkpoint 0 is the shared initial policy: identical numbers; after training they differ
+    at0 = cells[cells["budget_mark"] == 0]
+    assert (at0["mean_a"] == at0["mean_b"]).all()
+    assert (cells[cells["budget_mark"] == 1600]["mean_a"] != cells[cells["budget_mark"] == 1600]["mean_b"]).all()
+    assert "DRS+PPO vs Reptile" in (out / "comparison" / "study_return_summary.md").read_text()
