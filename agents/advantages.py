@@ -1,6 +1,6 @@
 """Linear feature baseline, GAE and per-task normalisation (docs/protocol.md section 3).
 
-Everything here works on the padded arrays of :class:`rlbench.batch.Batch` and is vectorised
+Everything here works on the padded arrays of :class:`agents.batch.Batch` and is vectorised
 over tasks and episodes.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlbench.batch import Batch
+from agents.batch import Batch
 
 #: Baseline feature constants (docs/protocol.md section 3; ProMP's LinearFeatureBaseline).
 OBS_CLIP = 10.0

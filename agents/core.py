@@ -12,10 +12,15 @@ from typing import Any, Protocol
 import torch
 
 from agents import metagrad
-from agents.advantages import AdvantageSettings, TensorBatch, compute_advantages, to_tensors
+from agents.advantages import (
+    AdvantageSettings,
+    TensorBatch,
+    compute_advantages,
+    to_tensors,
+)
+from agents.batch import Batch
+from agents.config import AdvantageConfig, AgentConfig, AlgoConfig
 from agents.policy import GaussianMLPPolicy, Params, expand_params, flat, unflat
-from rlbench.batch import Batch
-from rlbench.settings import AdvantageConfig, AlgoConfig, RunConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -57,23 +62,26 @@ def loglik_loss_of_logp(logp: torch.Tensor, tb: TensorBatch) -> torch.Tensor:
     return -tb.task_mean(logp * tb.advantages)
 
 
-#: Inner loss of each MAML algorithm (and of the DRS agent it pairs with at meta-test time).
-INNER_LOSSES: dict[str, Callable[[GaussianMLPPolicy, Params, TensorBatch], torch.Tensor]] = {
-    "promp": lr_surrogate,
-    "trpo-maml": loglik_loss,
-}
+#: A per-task inner loss, (policy, params, batch) -> shape [T]; each meta-learner's class names
+#: its own (``inner_loss``), and its registry entry says which one adapts each algorithm at
+#: meta-test time.
+InnerLoss = Callable[[GaussianMLPPolicy, Params, TensorBatch], torch.Tensor]
 
 
-#: The same losses as functions of log pi(a|s) (callers that already hold the policy's mean).
-INNER_LOSSES_OF_LOGP: dict[str, Callable[[torch.Tensor, TensorBatch], torch.Tensor]] = {
-    "promp": lr_surrogate_of_logp,
-    "trpo-maml": loglik_loss_of_logp,
-}
+def resolve_inner_loss(kind: str | InnerLoss) -> InnerLoss:
+    """A loss function, or the registry key of the algorithm whose inner loss it is."""
+    if callable(kind):
+        return kind
+    from agents import registry  # the registry imports this module
+
+    return registry.inner_loss(kind)
 
 
-def inner_loss_fn(kind: str, policy: GaussianMLPPolicy, tb: TensorBatch) -> metagrad.Loss:
-    """L(params) = sum over tasks of the per-task inner loss (so per-task gradients separate)."""
-    fn = INNER_LOSSES[kind]
+def inner_loss_fn(kind: str | InnerLoss, policy: GaussianMLPPolicy, tb: TensorBatch) -> metagrad.Loss:
+    """L(params) = sum over tasks of the per-task inner loss (so per-task gradients separate).
+
+    ``kind``: the loss function, or an algorithm key (its registry entry's inner loss)."""
+    fn = resolve_inner_loss(kind)
     return lambda p: fn(policy, p, tb).sum()
 
 
@@ -84,7 +92,7 @@ def as_stacked(params: Params, n_tasks: int) -> Params:
     return {k: v.detach().clone() for k, v in expand_params(params, n_tasks).items()}
 
 
-def adapt(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch, lr: float, kind: str) -> Params:
+def adapt(policy: GaussianMLPPolicy, params: Params, tb: TensorBatch, lr: float, kind: str | InnerLoss) -> Params:
     """One inner step per task: phi_t = params - lr * grad L_t(params). Pure: returns new
     stacked [T, ...] tensors and never modifies ``params``. This is exactly the inner update
     of MAML training and the adaptation step of meta-test evaluation for every agent."""
@@ -178,9 +186,13 @@ class LearnerBase:
     """State every agent has: the run config, the policy, the meta-parameters (leaf tensors),
     and checkpointing of those parameters. Subclasses add optimiser state."""
 
-    algo = ""
+    algo = ""  # the registry key (agents/registry.py registers each class under it)
+    #: Meta-learners: their per-task inner loss (and the same as a function of log pi, for
+    #: callers that already hold the policy's mean); None for agents without an inner loop.
+    inner_loss: InnerLoss | None = None
+    inner_loss_of_logp: Callable[[torch.Tensor, TensorBatch], torch.Tensor] | None = None
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params):
         self.cfg = cfg
         self.policy = policy
         self.params = params

@@ -9,9 +9,16 @@ import torch
 
 from agents import metagrad
 from agents.advantages import TensorBatch
-from agents.core import Collect, LearnerBase, fvp_of_kl, ppo_clip_objective, process, trpo_step
+from agents.config import AgentConfig
+from agents.core import (
+    Collect,
+    LearnerBase,
+    fvp_of_kl,
+    ppo_clip_objective,
+    process,
+    trpo_step,
+)
 from agents.policy import GaussianMLPPolicy, Params
-from rlbench.settings import RunConfig
 
 
 class DRSBase(LearnerBase):
@@ -30,7 +37,7 @@ class DRSPPO(DRSBase):
 
     algo = "drs-ppo"
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params):
         super().__init__(cfg, policy, params)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.algo_cfg.learning_rate)
 

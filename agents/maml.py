@@ -24,19 +24,22 @@ import torch
 
 from agents import metagrad
 from agents.advantages import TensorBatch, compute_advantages, to_tensors
+from agents.config import AgentConfig
 from agents.core import (
-    INNER_LOSSES_OF_LOGP,
     Collect,
     LearnerBase,
     advantage_settings,
     as_stacked,
     inner_loss_fn,
+    loglik_loss,
+    loglik_loss_of_logp,
+    lr_surrogate,
+    lr_surrogate_of_logp,
     ppo_clip_objective,
     process,
     trpo_step,
 )
 from agents.policy import GaussianMLPPolicy, Params, expand_params, torch_threads
-from rlbench.settings import RunConfig
 
 #: The batched implementation works on groups of tasks whose largest activation tensor
 #: ([tasks, transitions, hidden width]) has about this many elements (4 MB in float32). Every
@@ -96,7 +99,7 @@ class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
     sampling rounds go through the shared sampler and are charged to the budget."""
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
         super().__init__(cfg, policy, params)
         if impl not in IMPLS:
             raise ValueError(f"unknown MAML implementation {impl!r} (known: {', '.join(IMPLS)})")
@@ -131,9 +134,9 @@ class MAMLBase(LearnerBase):
         phi = theta
         for k in range(K):
             if self.impl == "reference":
-                g = metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1]), phi)
+                g = metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1]), phi)
             else:
-                parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.algo, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
+                parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
                                    self.chunks(inner[-1]))
                 g = {n: torch.cat([p[n] for p in parts]) for n in phi}
             phi = {n: phi[n] - self.inner_lr * g[n] for n in phi}
@@ -146,7 +149,7 @@ class MAMLBase(LearnerBase):
         return inner, post, stats
 
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
-        return [inner_loss_fn(self.algo, self.policy, tb) for tb in inner]
+        return [inner_loss_fn(self.inner_loss, self.policy, tb) for tb in inner]
 
     def chunks(self, tb: TensorBatch) -> list[slice]:
         """Task groups of the batched implementation. One group for the Hessian-free estimator:
@@ -172,8 +175,10 @@ class ProMP(MAMLBase):
     episodes; ``num_ppo_steps`` full-batch Adam steps; eta fixed or adapted toward kl_target."""
 
     algo = "promp"
+    inner_loss = staticmethod(lr_surrogate)  # -mean(pi / pi_old * A): ProMP's likelihood-ratio inner loss
+    inner_loss_of_logp = staticmethod(lr_surrogate_of_logp)
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
         super().__init__(cfg, policy, params, impl)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.algo_cfg.learning_rate)
         self.eta = cfg.algo_cfg.eta
@@ -260,10 +265,10 @@ class ProMP(MAMLBase):
                                                    self.estimator, self.delta)
                 return {k: g_meta[k].sum(0) + gk for k, gk in zip(theta, g_kl)}
             phi = stacked
-            loss = INNER_LOSSES_OF_LOGP[self.algo](self.policy.log_prob_of_mean(stacked, mu, pre.actions), pre).sum()
+            loss = self.inner_loss_of_logp(self.policy.log_prob_of_mean(stacked, mu, pre.actions), pre).sum()
             for k, tb in enumerate(inner):
                 if k > 0:
-                    loss = inner_loss_fn(self.algo, self.policy, tb)(phi)
+                    loss = inner_loss_fn(self.inner_loss, self.policy, tb)(phi)
                 g = torch.autograd.grad(loss, tuple(phi.values()), create_graph=True)
                 phi = {name: v - self.inner_lr * gi for (name, v), gi in zip(phi.items(), g)}
             total = self.outer_loss(post, T)(phi) + self.eta * kl
@@ -315,6 +320,8 @@ class TRPOMAML(MAMLBase):
     are taken through the inner steps (J^T F J, with the estimator's J)."""
 
     algo = "trpo-maml"
+    inner_loss = staticmethod(loglik_loss)  # -mean(log pi * A): the log-likelihood inner loss
+    inner_loss_of_logp = staticmethod(loglik_loss_of_logp)
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         inner, post, stats = self.sample_rounds(collect, tasks)

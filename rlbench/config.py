@@ -18,12 +18,13 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from agents.config import (
+    ConfigError,  # defined in the lowest layer that validates settings
+)
+
+__all__ = ["ConfigError", "from_dict", "load", "load_yaml", "merge", "parse_set", "replace", "to_dict"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid. The message names the dotted key."""
-
 
 # YAML 1.1 (PyYAML) resolves "1e-3" and "3E+4" as strings; YAML 1.2 and every human read them
 # as floats. This is the float syntax we accept from strings.

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 import envs
-from agents import metagrad
+from agents import metagrad, registry
 from agents.core import DTYPES, adapt, as_stacked, inner_loss_fn, process
 from agents.policy import Params
 from agents.registry import make_policy
@@ -69,9 +69,9 @@ class PersistentAdam:
 
 
 def gs_compat_lr(cfg: RunConfig) -> float:
-    """Test-time learning rate of GS's code for each algorithm (docs/protocol.md section 6.3)."""
-    return {"drs-ppo": cfg.algo_cfg.learning_rate, "promp": cfg.algo_cfg.inner_lr,
-            "drs-trpo": 0.0, "trpo-maml": cfg.algo_cfg.inner_lr, "reptile": cfg.algo_cfg.inner_lr}[cfg.algo]
+    """Test-time learning rate of GS's code for the run's algorithm (its registry entry's
+    ``gs_test_lr``; docs/protocol.md section 6.3)."""
+    return registry.get(cfg.algo).gs_test_lr(cfg.algo_cfg)
 
 
 def test_tasks(cfg: RunConfig) -> list[Any]:
@@ -101,8 +101,8 @@ def adaptation_rule(cfg: RunConfig) -> dict[str, Any]:
 
 def adaptation_lr(cfg: RunConfig) -> float:
     """Step size of the test-time SGD step: ``eval.adapt_lr`` (set per pair by experiments),
-    else this run's own effective inner step size."""
-    return cfg.eval.adapt_lr or cfg.algo_cfg.effective_inner_lr
+    else the rule of the run's registry entry (its effective inner step size)."""
+    return cfg.eval.adapt_lr or registry.get(cfg.algo).test_lr(cfg.algo_cfg)
 
 
 def eval_generators(cfg: RunConfig, checkpoint: int, tasks: range, test_update: int) -> list:
@@ -123,7 +123,7 @@ def evaluate_params(cfg: RunConfig, sampler: Sampler, params: Params, checkpoint
     params = {k: v.detach().to(dtype) for k, v in params.items()}
     ev = cfg.eval
     lr = adaptation_lr(cfg)
-    kind = cfg.paired_inner
+    kind = registry.inner_loss(cfg.paired_inner)  # the paired meta-learner's inner loss
     rows: list[dict] = []
     steps = 0
     chunk = 1 if ev.gs_adam_compat else ev.task_chunk

@@ -29,8 +29,6 @@ from scipy import stats as sps
 
 from rlbench import stats
 
-#: Display names of the registry keys (docs/protocol.md section 4).
-ALGO_LABELS = {"drs-ppo": "DRS+PPO", "promp": "ProMP", "drs-trpo": "DRS+TRPO", "trpo-maml": "TRPO-MAML", "reptile": "Reptile"}
 #: First method of a pair in red, second in blue (RdBu_r: red = first better).
 PAIR_COLORS = ("tab:red", "tab:blue")
 METRIC_LABELS = {"return": "undiscounted return", "success": "success rate"}
@@ -42,8 +40,11 @@ PROB_LEVELS = np.linspace(0.0, 1.0, 21)
 
 
 def algo_label(algo: str) -> str:
-    """Human-readable name of an algorithm key (unknown keys are shown as they are)."""
-    return ALGO_LABELS.get(algo, algo)
+    """Human-readable name of an algorithm key: its registry entry's display name (unknown
+    keys are shown as they are)."""
+    from agents import registry  # imported on use: it loads torch
+
+    return registry.display_name(algo)
 
 
 def env_label(env_id: str) -> str:

@@ -1,9 +1,12 @@
-"""Run configs from the protocol's tables (rlbench/protocol.py), and experiment presets.
+"""Run configs from the protocol's tables, and experiment presets.
 
 ``run_config(env, algo, seed)`` fills the config dataclasses with the study's values for that
-environment and algorithm (learning rates, KL bounds, inner step sizes, PPO steps, the ProMP
-penalty schedule, sampling unit, network, budget, checkpoints, meta-test size), then applies
-user overrides strictly.
+environment and algorithm, then applies user overrides strictly: the algorithm's
+per-environment values (learning rates, KL bounds, inner step sizes, PPO steps, the ProMP
+penalty schedule) from its hyperparameter table through :mod:`agents.registry` (an
+environment without an entry gets the family defaults, with a logged notice), and the
+family's sampling unit, network, budget, checkpoints and meta-test size from
+rlbench/protocol.py ``FAMILIES``.
 
 Experiment presets (``paper``, ``quick``, ``smoke``) are YAML files next to this module,
 loaded strictly into :class:`rlbench.settings.ExperimentConfig`.
@@ -11,69 +14,38 @@ loaded strictly into :class:`rlbench.settings.ExperimentConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import envs
+from agents import registry
 from rlbench import config
 from rlbench.config import ConfigError
-from rlbench.protocol import (
-    ETA_ADAPTIVE_START,
-    ETA_FIXED,
-    FAMILIES,
-    HYPER,
-    KL_TARGET,
-    REPTILE_INNER_STEPS,
-    REPTILE_OUTER_STEP,
-    EnvHyper,
-    FamilyDefaults,
-)
-from rlbench.settings import ALGOS, ExperimentConfig, RunConfig
+from rlbench.protocol import FAMILIES, FamilyDefaults
+from rlbench.settings import ExperimentConfig, RunConfig
 
-__all__ = ["FAMILIES", "HYPER", "EnvHyper", "FamilyDefaults", "PAIRED_INNER", "run_config", "load_experiment"]
+__all__ = ["FAMILIES", "FamilyDefaults", "hyper_of", "load_experiment", "run_config"]
 
 PRESET_DIR = Path(__file__).with_name("presets")
-
-#: DRS algorithm -> the MAML algorithm whose inner update adapts it at meta-test time
-#: (docs/protocol.md section 6.3: DRS+PPO adapts like ProMP, DRS+TRPO like TRPO-MAML).
-PAIRED_INNER = {"drs-ppo": "promp", "promp": "promp", "drs-trpo": "trpo-maml", "trpo-maml": "trpo-maml", "reptile": "promp"}
 
 
 def family_of(env_id: str) -> str:
     return envs.entry(env_id).family
 
 
-def hyper_of(env_id: str) -> EnvHyper:
-    envs.entry(env_id)
-    if env_id not in HYPER:
-        raise ConfigError(f"no hyperparameter preset for {env_id} (add one to rlbench/protocol.py HYPER)")
-    return HYPER[env_id]
+def hyper_of(env_id: str, algo: str) -> dict[str, Any]:
+    """The per-environment learner values of ``algo`` on ``env_id`` (agents.registry): its
+    table's entry, or the family defaults with a logged notice for an unlisted environment."""
+    return registry.algo_settings(algo, env_id, family_of(env_id))
 
 
 def base_run_dict(env_id: str, algo: str) -> dict[str, Any]:
     """The protocol's run settings for (env, algo) as a plain dict (before user overrides)."""
-    if algo not in ALGOS:
-        raise ConfigError(f"unknown algorithm '{algo}' (known: {', '.join(ALGOS)})")
+    spec = registry.get(algo)
     fam = FAMILIES[family_of(env_id)]
-    h = hyper_of(env_id)
-    paired = PAIRED_INNER[algo]
-    inner_lr = h.promp_inner_lr if paired == "promp" else h.trpo_maml_inner_lr
-    algo_cfg: dict[str, Any] = {"inner_lr": inner_lr, "num_ppo_steps": h.num_ppo_steps}
-    if algo == "drs-ppo":
-        algo_cfg["learning_rate"] = h.drs_ppo_lr
-    elif algo == "promp":
-        algo_cfg["learning_rate"] = h.promp_lr
-        algo_cfg["adaptive_eta"] = h.adaptive_eta
-        algo_cfg["eta"] = ETA_ADAPTIVE_START if h.adaptive_eta else ETA_FIXED
-        algo_cfg["kl_target"] = KL_TARGET
-    elif algo == "reptile":
-        algo_cfg["outer_step"] = REPTILE_OUTER_STEP
-        algo_cfg["inner_steps"] = REPTILE_INNER_STEPS
-    elif algo == "drs-trpo":
-        algo_cfg["max_kl"] = h.drs_trpo_max_kl
-    else:
-        algo_cfg["max_kl"] = h.trpo_maml_max_kl
+    algo_cfg = hyper_of(env_id, algo)
+    paired = spec.test_time_key
     return {
         "env_id": env_id,
         "algo": algo,
@@ -121,7 +93,8 @@ def load_experiment(name_or_path: str) -> ExperimentConfig:
         raise ConfigError(f"experiment file not found: {path}")
     exp = config.load(ExperimentConfig, path)
     for env_id in exp.envs:
-        hyper_of(env_id)
+        for algo in exp.algos:
+            hyper_of(env_id, algo)
     return exp
 
 

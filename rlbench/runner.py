@@ -63,7 +63,7 @@ def check_budget(cfg: RunConfig) -> None:
         raise UsageError(
             f"budget {cfg.budget} is smaller than one {cfg.algo} iteration ({cfg.iteration_steps} steps = "
             f"{cfg.sampler.meta_batch_size} tasks x {cfg.sampler.episodes_per_task} slots x horizon {cfg.sampler.horizon}"
-            f"{' x ' + str(cfg.iteration_steps // cfg.sampler.unit_steps) + ' rounds' if cfg.iteration_steps > cfg.sampler.unit_steps else ''})"
+            f"{' x ' + str(cfg.sampling_rounds) + ' rounds' if cfg.sampling_rounds > 1 else ''})"
         )
 
 

@@ -2,7 +2,8 @@
 
 Field defaults here are *structural* (what a field means when unset); every number of the
 study comes from :mod:`rlbench.presets`, which fills these dataclasses per environment and
-algorithm from docs/protocol.md.
+algorithm from rlbench/protocol.py (per family) and the algorithm's hyperparameter table
+(agents/hyperparams/, through agents.registry). Algorithms are known only to the registry.
 """
 
 from __future__ import annotations
@@ -10,31 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The agents' own settings (policy, advantage estimation, learner) are defined with the agents
+# and held here by RunConfig; they are re-exported from this module for existing imports.
+from agents.config import AdvantageConfig, AlgoConfig, MetaGradient, PolicyConfig
+from agents.config import check as _check
 from rlbench import protocol as P
-from rlbench.config import ConfigError
 
-ALGOS = ("drs-ppo", "promp", "drs-trpo", "trpo-maml", "reptile")
-MetaGradient = Literal["second-order", "first-order", "hessian-free"]
+__all__ = ["AdvantageConfig", "AlgoConfig", "EvalConfig", "ExperimentConfig", "MetaGradient", "PolicyConfig",
+           "RunConfig", "SamplerConfig", "SamplingUnit", "algo_keys"]
+
 SamplingUnit = Literal["steps", "episodes"]
 
 
-def _check(cond: bool, prefix: str, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: {msg}")
+def algo_keys() -> tuple[str, ...]:
+    """The registered algorithms (agents.registry; imported on use, it loads torch)."""
+    from agents import registry
+
+    return registry.keys()
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    """Gaussian MLP policy (docs/protocol.md sections 2-3)."""
+def _default_pairs() -> tuple[str, ...]:
+    from agents import registry
 
-    hidden_sizes: tuple[int, ...] = P.FAMILIES["locomotion"].hidden_sizes  # tanh hidden layers
-    init_std: float = P.INIT_STD  # initial std, in the scaled action space
-    action_scale: float = P.ACTION_SCALE  # the Gaussian lives in units of action_scale x env action
-
-    def validate(self, p: str = "") -> None:
-        _check(all(h > 0 for h in self.hidden_sizes), p, "hidden_sizes", "sizes must be positive")
-        _check(self.init_std > 0, p, "init_std", "must be positive")
-        _check(self.action_scale > 0, p, "action_scale", "must be positive")
+    return tuple(f"{a}:{b}" for a, b in registry.default_pairs())
 
 
 @dataclass(frozen=True)
@@ -72,74 +71,6 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
-class AdvantageConfig:
-    """Baseline and advantage estimation (docs/protocol.md section 3)."""
-
-    gamma: float = P.GAMMA
-    gae_lambda: float = P.GAE_LAMBDA
-    baseline_reg: float = P.BASELINE_REG  # ridge regulariser of the linear feature baseline
-    normalize: bool = True  # per-task (A - mean) / (std + 1e-8)
-    # False (the authors' code): horizon-cut episodes end with value 0. True bootstraps them with
-    # the linear baseline's V(s_H), which is fitted to truncated returns-to-go and so stays near 0
-    # at t = H: a small change (docs/protocol.md section 9).
-    bootstrap_truncated: bool = False
-
-    def validate(self, p: str = "") -> None:
-        _check(0 < self.gamma <= 1, p, "gamma", "must lie in (0, 1]")
-        _check(0 <= self.gae_lambda <= 1, p, "gae_lambda", "must lie in [0, 1]")
-
-
-_HC = P.HYPER["rlbench/HalfCheetahRandVel-v0"]
-
-
-@dataclass(frozen=True)
-class AlgoConfig:
-    """Learner settings. Each algorithm reads the fields it uses (docs/protocol.md section 4).
-
-    Per-environment values (learning rates, KL bounds, inner step sizes, PPO steps) are set
-    by rlbench.presets from rlbench.protocol.HYPER; the defaults below are HalfCheetahRandVel's.
-    """
-
-    # PPO outer step (DRS+PPO, ProMP)
-    learning_rate: float = _HC.drs_ppo_lr  # Adam step size
-    clip: float = P.PPO_CLIP  # PPO ratio clip
-    num_ppo_steps: int = _HC.num_ppo_steps  # Adam steps per iteration (epochs x minibatches)
-    minibatches: int = 1  # 1 = full batch (the protocol); >1 for parity with other PPOs
-    # TRPO outer step (DRS+TRPO, TRPO-MAML)
-    max_kl: float = _HC.drs_trpo_max_kl  # mean KL(old || new) constraint
-    cg_iters: int = P.CG_ITERS
-    cg_damping: float = P.CG_DAMPING  # Fisher-vector product regulariser
-    backtrack_ratio: float = P.BACKTRACK_RATIO
-    max_backtracks: int = P.MAX_BACKTRACKS
-    # MAML inner loop (ProMP, TRPO-MAML, and meta-test adaptation of every agent)
-    inner_lr: float = _HC.promp_inner_lr
-    inner_steps: int = 1  # K; each step resamples episodes from the adapted policy
-    inner_lr_over_k: bool = False  # use inner_lr / K
-    meta_gradient: MetaGradient = "second-order"
-    hf_delta: float = 1e-4  # finite-difference radius of the Hessian-free estimator
-    # ProMP KL penalty
-    eta: float = P.ETA_FIXED
-    adaptive_eta: bool = False
-    kl_target: float = P.KL_TARGET
-    # Reptile's outer step: theta += outer_step * (mean adapted params - theta)
-    outer_step: float = P.REPTILE_OUTER_STEP
-
-    def validate(self, p: str = "") -> None:
-        for key in ("learning_rate", "clip", "max_kl", "inner_lr", "hf_delta", "kl_target", "backtrack_ratio"):
-            _check(getattr(self, key) > 0, p, key, "must be positive")
-        _check(self.eta >= 0, p, "eta", "must be >= 0")
-        _check(self.outer_step > 0, p, "outer_step", "must be positive")
-        _check(self.backtrack_ratio < 1, p, "backtrack_ratio", "must be < 1")
-        for key in ("num_ppo_steps", "minibatches", "cg_iters", "inner_steps"):
-            _check(getattr(self, key) >= 1, p, key, "must be >= 1")
-        _check(self.max_backtracks >= 0, p, "max_backtracks", "must be >= 0")
-
-    @property
-    def effective_inner_lr(self) -> float:
-        return self.inner_lr / self.inner_steps if self.inner_lr_over_k else self.inner_lr
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     """Meta-test protocol (docs/protocol.md section 6)."""
 
@@ -151,7 +82,7 @@ class EvalConfig:
     # experiment sets it on BOTH runs of a pair from the MAML partner (rlbench.presets), so both
     # sides of a comparison are adapted by the same rule.
     adapt_lr: float = 0.0
-    task_chunk: int = 40  # tasks sampled together (speed/memory only: results do not depend on it)
+    task_chunk: int = P.TASK_CHUNK  # tasks sampled together (speed/memory only: results do not depend on it)
 
     def validate(self, p: str = "") -> None:
         _check(self.n_tasks >= 1, p, "n_tasks", "must be >= 1")
@@ -188,7 +119,7 @@ class RunConfig:
             from rlbench.env_kwargs import check_env_kwargs
 
             check_env_kwargs(self.env_id, self.env_kwargs, f"{p + '.' if p else ''}env_kwargs")
-        _check(self.algo in ALGOS, p, "algo", f"unknown algorithm {self.algo!r} (known: {', '.join(ALGOS)})")
+        _check(self.algo in algo_keys(), p, "algo", f"unknown algorithm {self.algo!r} (known: {', '.join(algo_keys())})")
         _check(self.seed >= 0, p, "seed", "must be >= 0")
         _check(self.budget >= 0, p, "budget", "must be >= 0")
         _check(self.n_checkpoints >= 1, p, "n_checkpoints", "must be >= 1")
@@ -203,13 +134,22 @@ class RunConfig:
 
     @property
     def is_maml(self) -> bool:
-        return self.algo in ("promp", "trpo-maml")
+        """The algorithm is a meta-learner (its registry entry says so)."""
+        from agents import registry
+
+        return registry.get(self.algo).meta_learner
+
+    @property
+    def sampling_rounds(self) -> int:
+        """Sampling rounds per training iteration (the registry entry's rule, e.g. K + 1 for MAML)."""
+        from agents import registry
+
+        return registry.get(self.algo).rounds(self.algo_cfg)
 
     @property
     def iteration_steps(self) -> int:
-        """Worst-case env steps of one training iteration (K+1 sampling units for MAML, K for Reptile)."""
-        rounds = self.algo_cfg.inner_steps + 1 if self.is_maml else self.algo_cfg.inner_steps if self.algo == "reptile" else 1
-        return rounds * self.sampler.unit_steps
+        """Worst-case env steps of one training iteration (``sampling_rounds`` sampling units)."""
+        return self.sampling_rounds * self.sampler.unit_steps
 
     @property
     def checkpoint_marks(self) -> list[int]:
@@ -229,8 +169,8 @@ class ExperimentConfig:
     algos: tuple[str, ...]
     seeds: tuple[int, ...]
     budget: int = 0  # env steps per run; 0 = the protocol budget of each environment
-    n_checkpoints: int = 21
-    pairs: tuple[str, ...] = ("drs-ppo:promp", "drs-trpo:trpo-maml")
+    n_checkpoints: int = P.N_CHECKPOINTS
+    pairs: tuple[str, ...] = field(default_factory=_default_pairs)  # DRS:MAML; default: every registered pair
     overrides: dict[str, dict] = field(default_factory=dict)  # run-config overrides by family or env id ("all" applies to every run)
 
     def validate(self, p: str = "") -> None:
@@ -242,7 +182,7 @@ class ExperimentConfig:
             dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
             _check(dup is None, p, key, f"{dup!r} is listed twice")
         for a in self.algos:
-            _check(a in ALGOS, p, "algos", f"unknown algorithm {a!r} (known: {', '.join(ALGOS)})")
+            _check(a in algo_keys(), p, "algos", f"unknown algorithm {a!r} (known: {', '.join(algo_keys())})")
         for pair in self.pairs:
             _check(pair.count(":") == 1, p, "pairs", f"expected first:second, got {pair!r}")
         _check(self.budget >= 0, p, "budget", "must be >= 0")

@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from agents import registry
 from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
 from rlbench import config, presets, seeding
@@ -49,7 +50,7 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         load_before = os.getloadavg()[0]
         trainer = Trainer(cfg, sampler)
-        if algo in ("promp", "trpo-maml"):
+        if registry.get(algo).meta_learner:
             policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
             params = policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype])
             trainer.agent = AGENTS[algo](cfg, policy, params, impl=impl)
@@ -66,7 +67,7 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     update = total - sample_time
     full_scale = presets.FAMILIES[presets.family_of(env_id)].meta_batch_size / tasks  # the paper batch over this one
     return {
-        "env": env_id, "algo": algo, "impl": impl if algo in ("promp", "trpo-maml") else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
+        "env": env_id, "algo": algo, "impl": impl if registry.get(algo).meta_learner else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
         "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,
         "iteration_s": total / iterations, "sampling_s": sample_time / iterations, "update_s": update / iterations,
         "update_share": update / total, "sampling_steps_per_s": steps / sample_time, "steps_per_s": steps / total,
@@ -100,7 +101,7 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=["rlbench/HalfCheetahRandVel-v0"])
-    p.add_argument("--algos", nargs="+", default=["drs-ppo", "promp", "drs-trpo", "trpo-maml"])
+    p.add_argument("--algos", nargs="+", default=list(registry.keys()))
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
     p.add_argument("--workers", type=int, default=0)
@@ -114,7 +115,7 @@ def main() -> int:
     rows = []
     for env_id in a.envs:
         for algo in a.algos:
-            for impl in a.impls if algo in ("promp", "trpo-maml") else ["batched"]:
+            for impl in a.impls if registry.get(algo).meta_learner else ["batched"]:
                 rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     result = {"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from agents import registry
 from rlbench import config, presets
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
@@ -65,7 +66,7 @@ def bench(env_id: str, algo: str, fraction: float, threads: list[int], repeats: 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
-    p.add_argument("--algos", nargs="+", default=["drs-ppo", "promp"])
+    p.add_argument("--algos", nargs="+", default=list(registry.default_pairs()[0]))
     p.add_argument("--fraction", type=float, default=0.25, help="fraction of the protocol's tasks per iteration")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--repeats", type=int, default=3)

@@ -39,6 +39,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.drs import DRSPPO
 from envs.single_task import register_single_task
 from rlbench import presets
 from rlbench.sampler import Sampler
@@ -102,9 +103,9 @@ def rlbench_config(gym_id: str, hp: Hyper, steps: int, seed: int):
     horizon = int(gym.spec(gym_id).max_episode_steps)
     if hp.n_steps % horizon:
         raise SystemExit(f"n_steps {hp.n_steps} must be a multiple of the horizon {horizon} (rlbench samples whole episodes)")
-    # hyper_of() refuses ids without a preset; every value it supplies is overridden below.
-    presets.HYPER.setdefault(env_id, presets.EnvHyper(hp.learning_rate, hp.learning_rate, 1e-2, 0.01, 0.01, 0.01, hp.epochs, False))
-    return presets.run_config(env_id, "drs-ppo", seed, budget=steps, overrides={
+    # The wrapper has no hyperparameter table entry: it gets the locomotion family defaults (a
+    # logged notice), and every value that matters is overridden below.
+    return presets.run_config(env_id, DRSPPO.algo, seed, budget=steps, overrides={
         "n_checkpoints": 1,
         "policy": {"hidden_sizes": list(hp.hidden), "init_std": hp.init_std, "action_scale": 1.0},
         "sampler": {"meta_batch_size": 1, "episodes_per_task": hp.n_steps // horizon, "horizon": horizon, "n_workers": 1},

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from agents.drs import DRSPPO
 from envs.fingerprint import package_versions
 from envs.meta_world import BENCHMARK_SEED, benchmark_classes, success_flag
 from rlbench import presets
@@ -137,7 +138,7 @@ def train_curve(iterations: int, tasks: int | None, workers: int, seed: int, qui
         over: dict = {"env_kwargs": {"reward_function_version": v}, "sampler": {"n_workers": workers}}
         if tasks:
             over["sampler"]["meta_batch_size"] = tasks
-        cfg = presets.run_config(ENV_ID, "drs-ppo", seed, budget=10**12, overrides=over)
+        cfg = presets.run_config(ENV_ID, DRSPPO.algo, seed, budget=10**12, overrides=over)
         shapes[v] = {"meta_batch_size": cfg.sampler.meta_batch_size, "episodes_per_task": cfg.sampler.episodes_per_task,
                      "horizon": cfg.sampler.horizon, "learning_rate": cfg.algo_cfg.learning_rate,
                      "num_ppo_steps": cfg.algo_cfg.num_ppo_steps, "clip": cfg.algo_cfg.clip, "env_kwargs": cfg.env_kwargs}

@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from agents.drs import DRSPPO  # noqa: E402
 from rlbench import presets, runner, store  # noqa: E402
 
 UNITS = ("steps", "episodes")
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--env", default="rlbench/HopperRandParams-v0")
-    ap.add_argument("--algo", default="drs-ppo")
+    ap.add_argument("--algo", default=DRSPPO.algo)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=10, help="iterations per run (the budget is iterations x one round)")
     ap.add_argument("--meta-batch-size", type=int, default=10, help="tasks per round (paper: 40; 10 = a quarter batch)")
@@ -48,8 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_config(args: argparse.Namespace, unit: str):
     base = presets.run_config(args.env, args.algo, args.seed)
-    rounds = base.algo_cfg.inner_steps + 1 if base.is_maml else 1
-    budget = args.iterations * rounds * args.meta_batch_size * args.episodes_per_task * base.sampler.horizon
+    budget = args.iterations * base.sampling_rounds * args.meta_batch_size * args.episodes_per_task * base.sampler.horizon
     over = {"n_checkpoints": 1, "sampler": {"meta_batch_size": args.meta_batch_size, "episodes_per_task": args.episodes_per_task,
                                             "unit": unit, "n_workers": args.workers}}
     return presets.run_config(args.env, args.algo, args.seed, budget, over)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agents import registry
 from rlbench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
 # numpy/pandas/matplotlib are imported inside the functions that use them: the CLI imports
 # every command module to build its parser, and `rlbench envs` should not pay for matplotlib.
 
-#: The two comparisons of the paper (docs/protocol.md section 1): DRS method first, MAML method second.
-DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("drs-ppo", "promp"), ("drs-trpo", "trpo-maml"))
+#: The comparisons of the paper (docs/protocol.md section 1) and any registered since: DRS method first, MAML method second.
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = registry.default_pairs()  # every registered DRS:MAML pair
 #: Columns the runner writes to ``evaluation.csv`` (the input format of this command).
 EVAL_COLUMNS = ("env_id", "algo", "seed", "checkpoint", "budget_mark", "env_steps", "test_update", "task",
                 "return", "success", "episodes")
@@ -511,8 +512,8 @@ def register(sub) -> None:
                                    "--power, the seeds needed for 80%% power.")
     p.add_argument("results_dir", metavar="RESULTS_DIR", type=Path, help="directory holding run directories")
     p.add_argument("--pair", action="append", metavar="FIRST:SECOND",
-                   help="algorithms to compare, DRS first (repeatable; default: drs-ppo:promp and "
-                        "drs-trpo:trpo-maml where present)")
+                   help="algorithms to compare, DRS first (repeatable; default: every registered pair present, "
+                        f"{', '.join(':'.join(p) for p in DEFAULT_PAIRS)})")
     p.add_argument("--out", type=Path, help="output directory (created; only its own files are written)")
     p.add_argument("--analysis", metavar="NAME",
                    help="analysis the figures show: paired (default; falls back to welch with a notice if the "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agents import registry
 from rlbench import config, presets
 from rlbench.errors import UsageError
 
@@ -118,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     t = sub.add_parser("train", help="train one run (checkpoints at shared env-step marks)")
     t.add_argument("--env", required=True, help="environment id, e.g. rlbench/HalfCheetahRandVel-v0")
-    t.add_argument("--algo", required=True, choices=["drs-ppo", "promp", "drs-trpo", "trpo-maml", "reptile"])
+    t.add_argument("--algo", required=True, choices=registry.keys())
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--budget", type=_int_steps, default=None, help="environment steps (default: the protocol budget)")
     t.add_argument("--out", required=True, help="run directory")
