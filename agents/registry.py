@@ -10,7 +10,7 @@ Adding an algorithm is one module (its agent class) plus one :func:`register` ca
 
     from agents.registry import AlgoSpec, register, meta_rounds
     register(AlgoSpec(key="my-maml", name="MyMAML", agent=MyMAML, meta_learner=True,
-                      rounds=meta_rounds, reads=("learning_rate", "inner_lr", "inner_steps"),
+                      rounds=meta_rounds, reads=("learning_rate", "inner_lr", "inner_steps", "inner_lr_over_k"),
                       partners=("drs-ppo",), gs_test_lr=lambda a: a.inner_lr,
                       table="path/to/my-maml.yaml"))
 
@@ -30,6 +30,7 @@ from agents.core import DTYPES, Agent, InnerLoss
 from agents.drs import DRSPPO, DRSTRPO
 from agents.maml import TRPOMAML, ProMP
 from agents.policy import GaussianMLPPolicy
+from agents.reptile import Reptile
 
 
 def one_round(a: AlgoConfig) -> int:
@@ -213,4 +214,8 @@ register(AlgoSpec(
 register(AlgoSpec(
     key=TRPOMAML.algo, name="TRPO-MAML", agent=TRPOMAML, meta_learner=True, reads=_TRPO + _INNER,
     rounds=meta_rounds, partners=(DRSTRPO.algo,), gs_test_lr=lambda a: a.inner_lr,
+))
+register(AlgoSpec(  # agents/reptile.py; adapts like ProMP at test time, so drs-ppo:reptile shares DRS+PPO's rule
+    key=Reptile.algo, name="Reptile", agent=Reptile, meta_learner=True, reads=("learning_rate", "inner_lr", "inner_steps", "inner_lr_over_k"),
+    rounds=lambda a: a.inner_steps, partners=(DRSPPO.algo,), adapt_like=ProMP.algo, gs_test_lr=lambda a: a.inner_lr,
 ))

@@ -11,8 +11,9 @@ meta-parameters move toward the mean adapted parameters:
     theta <- theta + epsilon * (mean_i phi_i - theta)
 
 Outer step: plain interpolation, as in the paper's Algorithm 2, with a fixed ``epsilon``
-(no Adam on the Reptile direction, no annealing of epsilon; the paper anneals epsilon
-linearly to 0 in its classification experiments and mentions Adam as an option). There is
+read from ``algo_cfg.learning_rate`` (no Adam on the Reptile direction, no annealing of
+epsilon; the paper anneals epsilon linearly to 0 in its classification experiments and
+mentions Adam as an option; the value and why: agents/hyperparams/reptile.yaml). There is
 no optimiser state: the meta-parameters are the learner's whole state. With K = 1 the update
 is a plain policy-gradient step of size epsilon x inner_lr on the tasks' mean loss (joint
 training); K >= 2 is what makes it meta-learning (the paper's section 5 analysis).
@@ -25,26 +26,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.core import Collect, LearnerBase, adapt, process
+from agents.config import AgentConfig
+from agents.core import (
+    Collect,
+    LearnerBase,
+    adapt,
+    loglik_loss,
+    loglik_loss_of_logp,
+    process,
+)
 from agents.policy import GaussianMLPPolicy, Params
-from rlbench.settings import RunConfig
-
-#: The inner loss of every adaptation step: the vanilla policy gradient -mean(log pi * A)
-#: (agents.core.INNER_LOSSES). Each step starts from the parameters that sampled its episodes,
-#: where this loss and ProMP's likelihood-ratio surrogate have the same gradient.
-INNER_LOSS = "trpo-maml"
 
 
 class Reptile(LearnerBase):
     """Reptile with K policy-gradient inner steps per task and an interpolating outer step."""
 
     algo = "reptile"
+    # The vanilla policy gradient -mean(log pi * A). Each step starts from the parameters that
+    # sampled its episodes, where ProMP's likelihood-ratio surrogate has the same gradient.
+    inner_loss = staticmethod(loglik_loss)
+    inner_loss_of_logp = staticmethod(loglik_loss_of_logp)
 
-    def __init__(self, cfg: RunConfig, policy: GaussianMLPPolicy, params: Params):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params):
         super().__init__(cfg, policy, params)
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.inner_steps = cfg.algo_cfg.inner_steps
-        self.epsilon = cfg.algo_cfg.outer_step
+        self.epsilon = cfg.algo_cfg.learning_rate  # the outer step size (agents/hyperparams/reptile.yaml)
 
     def adapt_rounds(self, collect: Collect, tasks: list[Any]) -> tuple[Params, list[dict[str, float]]]:
         """K rounds: sample with the current per-task parameters, take one inner step per task.
@@ -55,7 +62,7 @@ class Reptile(LearnerBase):
         for _ in range(self.inner_steps):
             batch = collect(tasks, phi)
             stats.append(batch.stats())
-            phi = adapt(self.policy, phi, process(self.policy, phi, batch, self.cfg.advantage, self.dtype), self.inner_lr, INNER_LOSS)
+            phi = adapt(self.policy, phi, process(self.policy, phi, batch, self.cfg.advantage, self.dtype), self.inner_lr, self.inner_loss)
         return phi, stats
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:

@@ -103,7 +103,7 @@ def oracle_update(theta: dict, batches: list, cfg, lr: float, eps: float) -> tup
 @pytest.mark.parametrize("K", [1, 2, 3])
 def test_update_matches_per_task_autograd_oracle(K):
     lr, eps = 0.07, 0.6
-    cfg = reptile_cfg(inner_steps=K, inner_lr=lr, outer_step=eps)
+    cfg = reptile_cfg(inner_steps=K, inner_lr=lr, learning_rate=eps)
     policy = policy_of(cfg)
     agent = Reptile(cfg, policy, theta0(policy))
     theta = {k: v.detach().clone() for k, v in agent.params.items()}
@@ -136,7 +136,7 @@ def test_inner_gradient_matches_finite_differences():
     """(theta - phi_1) / lr, the inner step's gradient, against central differences of the
     oracle loss along random directions, for every task."""
     lr = 0.05
-    cfg = reptile_cfg(inner_steps=1, inner_lr=lr, outer_step=1.0)
+    cfg = reptile_cfg(inner_steps=1, inner_lr=lr, learning_rate=1.0)
     policy = policy_of(cfg)
     theta = theta0(policy, seed=3)
     tasks, batches = scripted_batches(cfg, policy, 1)
@@ -158,7 +158,7 @@ def test_inner_gradient_matches_finite_differences():
 
 
 def test_outer_step_one_lands_on_the_mean_adapted_parameters():
-    cfg = reptile_cfg(inner_steps=2, inner_lr=0.1, outer_step=1.0)
+    cfg = reptile_cfg(inner_steps=2, inner_lr=0.1, learning_rate=1.0)
     policy = policy_of(cfg)
     agent = Reptile(cfg, policy, theta0(policy, seed=5))
     tasks, batches = scripted_batches(cfg, policy, 2)
@@ -262,3 +262,52 @@ def test_cli_run_compares_reptile_with_drs_ppo(tmp_path):
     assert (at0["mean_a"] == at0["mean_b"]).all()
     assert (cells[cells["budget_mark"] == 1600]["mean_a"] != cells[cells["budget_mark"] == 1600]["mean_b"]).all()
     assert "DRS+PPO vs Reptile" in (out / "comparison" / "study_return_summary.md").read_text()
+
+
+# -- the registry entry --------------------------------------------------------------------------------------------
+
+
+def test_registry_entry():
+    from agents import registry
+    from agents.core import loglik_loss, lr_surrogate
+
+    spec = registry.get("reptile")
+    assert spec.agent is Reptile and spec.meta_learner and registry.display_name("reptile") == "Reptile"
+    assert ("drs-ppo", "reptile") in registry.default_pairs()
+    assert Reptile.inner_loss is loglik_loss  # trained with the vanilla policy-gradient step
+    assert registry.inner_loss("reptile") is lr_surrogate is registry.inner_loss("drs-ppo")  # adapted like DRS+PPO
+    for K in (1, 4):
+        cfg = run_config(ENV, "reptile", 0, overrides={"algo_cfg": {"inner_steps": K}})
+        assert cfg.sampling_rounds == K and cfg.iteration_steps == K * cfg.sampler.unit_steps
+
+
+def test_inner_lr_is_promps_so_a_drs_run_in_two_pairs_keeps_one_test_time_rule():
+    """Reptile's table lists no inner_lr: the registry takes ProMP's for every environment. An
+    experiment pairing DRS+PPO with both ProMP and Reptile then sets one test-time step size on
+    the DRS+PPO run whichever pair is applied last, and all three runs record one rule."""
+    import yaml
+
+    from agents.hyperparams import TABLE_DIR
+    from rlbench.evaluator import adaptation_rule
+    from rlbench.presets import experiment_run_configs
+    from rlbench.settings import ExperimentConfig
+
+    table = yaml.safe_load((TABLE_DIR / "reptile.yaml").read_text())["envs"]
+    for env_id in table:
+        assert "inner_lr" not in table[env_id]
+        assert run_config(env_id, "reptile", 0).algo_cfg.inner_lr == run_config(env_id, "promp", 0).algo_cfg.inner_lr, env_id
+    envs_ = ("rlbench/PointGoal-v0", "rlbench/HalfCheetahRandVel-v0")
+    for pairs in (("drs-ppo:promp", "drs-ppo:reptile"), ("drs-ppo:reptile", "drs-ppo:promp")):
+        exp = ExperimentConfig("two-pairs", envs_, ("drs-ppo", "promp", "reptile"), (1,), budget=10**6, pairs=pairs)
+        for env_id in envs_:
+            rules = {c.algo: adaptation_rule(c) for c in experiment_run_configs(exp) if c.env_id == env_id}
+            assert rules["drs-ppo"] == rules["promp"] == rules["reptile"], (pairs, env_id, rules)
+            assert rules["reptile"]["lr"] == table_inner_lr_of_promp(env_id)
+
+
+def table_inner_lr_of_promp(env_id: str) -> float:
+    import yaml
+
+    from agents.hyperparams import TABLE_DIR
+
+    return yaml.safe_load((TABLE_DIR / "promp.yaml").read_text())["envs"][env_id]["inner_lr"]
