@@ -10,7 +10,7 @@ Adding an algorithm is one module (its agent class) plus one :func:`register` ca
 
     from agents.registry import AlgoSpec, register, meta_rounds
     register(AlgoSpec(key="my-maml", name="MyMAML", agent=MyMAML, meta_learner=True,
-                      rounds=meta_rounds, reads=("learning_rate", "inner_lr", "inner_steps", "inner_lr_over_k"),
+                      rounds=meta_rounds, reads=("learning_rate", "inner_lr", "inner_steps"),
                       partners=("drs-ppo",), gs_test_lr=lambda a: a.inner_lr,
                       table="path/to/my-maml.yaml"))
 
@@ -215,7 +215,7 @@ register(AlgoSpec(
     key=TRPOMAML.algo, name="TRPO-MAML", agent=TRPOMAML, meta_learner=True, reads=_TRPO + _INNER,
     rounds=meta_rounds, partners=(DRSTRPO.algo,), gs_test_lr=lambda a: a.inner_lr,
 ))
-register(AlgoSpec(  # agents/reptile.py; adapts like ProMP at test time, so drs-ppo:reptile shares DRS+PPO's rule
-    key=Reptile.algo, name="Reptile", agent=Reptile, meta_learner=True, reads=("learning_rate", "inner_lr", "inner_steps", "inner_lr_over_k"),
+register(AlgoSpec(  # agents/reptile.py; adapted like ProMP at test time, so drs-ppo:reptile shares DRS+PPO's rule
+    key=Reptile.algo, name="Reptile", agent=Reptile, meta_learner=True, reads=("learning_rate",) + _INNER[:3],
     rounds=lambda a: a.inner_steps, partners=(DRSPPO.algo,), adapt_like=ProMP.algo, gs_test_lr=lambda a: a.inner_lr,
 ))
