@@ -16,7 +16,7 @@ epsilon; the paper anneals epsilon linearly to 0 in its classification experimen
 mentions Adam as an option; the value and why: agents/hyperparams/reptile.yaml). There is
 no optimiser state: the meta-parameters are the learner's whole state. With K = 1 the update
 is a plain policy-gradient step of size epsilon x inner_lr on the tasks' mean loss (joint
-training); K >= 2 is what makes it meta-learning (the paper's section 5 analysis).
+training, as the paper notes); K >= 2 is what makes it meta-learning.
 """
 
 from __future__ import annotations
