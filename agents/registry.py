@@ -36,6 +36,7 @@ from agents.core import DTYPES, Agent, InnerLoss
 from agents.drs import DRSPPO, DRSTRPO
 from agents.maml import TRPOMAML, ProMP
 from agents.policy import GaussianMLPPolicy
+from agents.reptile import Reptile
 
 #: Entry-point group of algorithm plugins: each entry names a module that calls register().
 ENTRY_POINT_GROUP = "rlbench.algorithms"
@@ -224,6 +225,10 @@ register(AlgoSpec(
     key=TRPOMAML.algo, name="TRPO-MAML", agent=TRPOMAML, meta_learner=True, reads=_TRPO + _INNER,
     rounds=meta_rounds, partners=(DRSTRPO.algo,), gs_test_lr=lambda a: a.inner_lr,
 ))
+register(AlgoSpec(  # agents/reptile.py; adapted like ProMP at test time, so drs-ppo:reptile shares DRS+PPO's rule
+    key=Reptile.algo, name="Reptile", agent=Reptile, meta_learner=True, reads=("learning_rate",) + _INNER[:3],
+    rounds=lambda a: a.inner_steps, partners=(DRSPPO.algo,), adapt_like=ProMP.algo, gs_test_lr=lambda a: a.inner_lr,
+))
 
 
 def load_plugins() -> list[str]:
@@ -241,6 +246,7 @@ def load_plugins() -> list[str]:
             continue
         loaded.append(ep.value)
     return loaded
+
 
 
 load_plugins()

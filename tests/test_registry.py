@@ -78,7 +78,7 @@ def test_every_table_cites_a_source_for_every_value():
         assert set(table.envs) >= set(table.family_defaults.values())
         for env, values in table.envs.items():
             assert set(table.sources[env]) == set(values), (spec.key, env)
-            if env != "rlbench/PointGoal-v0":
+            if env != "rlbench/PointGoal-v0" and spec.key in BUILTIN:  # the study's algorithms: GS's code
                 assert all(s.startswith("experiments/benchmark/") for s in table.sources[env].values()), (spec.key, env)
 
 
