@@ -141,6 +141,7 @@ def experiment_run_configs(exp: ExperimentConfig) -> list[RunConfig]:
         for algo in exp.algos
         for seed in exp.seeds
     }
+    set_by: dict[tuple[str, str, int], tuple[str, float]] = {}  # run -> (pair, test-time step size)
     for pair in exp.pairs:
         drs, maml = pair.split(":")
         for (env_id, algo, seed), cfg in list(cfgs.items()):
@@ -148,5 +149,10 @@ def experiment_run_configs(exp: ExperimentConfig) -> list[RunConfig]:
             if algo not in (drs, maml) or partner is None or (env_id, drs, seed) not in cfgs:
                 continue
             lr = partner.eval.adapt_lr or partner.algo_cfg.effective_inner_lr
+            earlier = set_by.setdefault((env_id, algo, seed), (pair, lr))
+            if earlier[1] != lr:  # one run is evaluated once, so it can follow one test-time rule only
+                raise ConfigError(f"pairs: {algo} on {env_id} is in pairs {earlier[0]} and {pair}, whose test-time "
+                                  f"step sizes differ ({earlier[1]:g} vs {lr:g}); give the two MAML algorithms "
+                                  f"the same inner_lr or compare them in separate experiments")
             cfgs[env_id, algo, seed] = replace(cfg, eval=replace(cfg.eval, adapt_lr=lr))
     return list(cfgs.values())

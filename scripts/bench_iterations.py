@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import inspect
 import multiprocessing
 import os
 import resource
@@ -42,6 +43,11 @@ def peak_rss_mb() -> dict[str, float]:
     }
 
 
+def _has_impls(algo: str) -> bool:
+    """Learners with a batched and a reference implementation (the MAML learners' ``impl``)."""
+    return "impl" in inspect.signature(AGENTS[algo]).parameters
+
+
 def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int, impl: str = "batched") -> dict:
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
@@ -50,7 +56,7 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         load_before = os.getloadavg()[0]
         trainer = Trainer(cfg, sampler)
-        if registry.get(algo).meta_learner:
+        if _has_impls(algo):
             policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
             params = policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype])
             trainer.agent = AGENTS[algo](cfg, policy, params, impl=impl)
@@ -67,7 +73,7 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     update = total - sample_time
     full_scale = presets.FAMILIES[presets.family_of(env_id)].meta_batch_size / tasks  # the paper batch over this one
     return {
-        "env": env_id, "algo": algo, "impl": impl if registry.get(algo).meta_learner else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
+        "env": env_id, "algo": algo, "impl": impl if _has_impls(algo) else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
         "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,
         "iteration_s": total / iterations, "sampling_s": sample_time / iterations, "update_s": update / iterations,
         "update_share": update / total, "sampling_steps_per_s": steps / sample_time, "steps_per_s": steps / total,
@@ -115,7 +121,7 @@ def main() -> int:
     rows = []
     for env_id in a.envs:
         for algo in a.algos:
-            for impl in a.impls if registry.get(algo).meta_learner else ["batched"]:
+            for impl in a.impls if _has_impls(algo) else ["batched"]:
                 rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     result = {"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}

@@ -342,3 +342,17 @@ def table_inner_lr_of_promp(env_id: str) -> float:
     from agents.hyperparams import TABLE_DIR
 
     return yaml.safe_load((TABLE_DIR / "promp.yaml").read_text())["envs"][env_id]["inner_lr"]
+
+
+def test_a_drs_run_in_two_pairs_with_different_step_sizes_is_refused_before_training():
+    """If the two MAML partners of one DRS run adapt with different step sizes, the DRS run
+    cannot follow both rules (it is evaluated once): the grid is refused up front, naming both pairs."""
+    from rlbench.config import ConfigError
+    from rlbench.presets import experiment_run_configs
+    from rlbench.settings import ExperimentConfig
+
+    exp = ExperimentConfig("two-pairs", ("rlbench/PointGoal-v0",), ("drs-ppo", "promp", "reptile"), (1,),
+                           budget=10**6, pairs=("drs-ppo:promp", "drs-ppo:reptile"),
+                           overrides={"reptile": {"algo_cfg": {"inner_lr": 0.5}}})
+    with pytest.raises(ConfigError, match=r"drs-ppo:promp and drs-ppo:reptile.*0\.1 vs 0\.5"):
+        experiment_run_configs(exp)
