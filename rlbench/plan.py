@@ -281,7 +281,7 @@ def disk_bytes(cfg: RunConfig, iterations: int, dims: tuple[int, int], metrics_r
                 q.grad = torch.zeros_like(q)
         opt.step()
     ckpt = _torch_bytes({"index": 0, "budget_mark": 0, "env_steps": 0, "iteration": 0, "params": params})
-    # the runner's checkpoint entries (rlbench/runner.py _save_checkpoint), with a sha256 digest each
+    # the runner's checkpoint entries (rlbench/hooks.py save_checkpoint), with a sha256 digest each
     marks = [{"index": i, "budget_mark": m, "env_steps": m, "iteration": 0, "sha256": f"{i:064x}"}
              for i, m in enumerate(cfg.checkpoint_marks)]
     state = _torch_bytes({"agent": agent.state_dict(), "iteration": 0, "env_steps": 0, "checkpoints": marks, "wall_time_s": 0.0})

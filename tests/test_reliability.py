@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from procs import alive
+from procs import wait_exited
 
 from rlbench import locking, presets, store
 from rlbench.cli import main
@@ -205,12 +205,7 @@ def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path):
     assert len(metrics_without_time(run)) == 3  # one line beyond the saved state
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2
-    import time
-
-    deadline = time.time() + 15
-    while time.time() < deadline and any(alive(w) for w in workers):
-        time.sleep(0.2)
-    assert not any(alive(w) for w in workers)
+    assert wait_exited(workers, timeout=15) == []
     res = _cli(*base, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert not list(run.rglob(f"*{store.TMP_SUFFIX}"))
