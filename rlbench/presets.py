@@ -11,7 +11,7 @@ loaded strictly into :class:`rlbench.settings.ExperimentConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -115,7 +115,7 @@ def test_persistent_adam_matches_torch_adam():
     opt = torch.optim.Adam([ref], lr=0.01, eps=1e-8)
     adam = PersistentAdam(0.01)
     cur = {"w": x.clone()}
-    for i in range(5):
+    for _ in range(5):
         g = torch.randn(3, 4, dtype=torch.float64)
         ref.grad = g.clone()
         opt.step()
