@@ -34,6 +34,7 @@ from typing import Any
 
 from rlbench import config, presets, store
 from rlbench.errors import UsageError
+from rlbench.sampler import default_workers
 from rlbench.settings import ExperimentConfig, RunConfig
 
 CALIBRATION_VERSION = 1  # bump when what calibrate() measures changes
@@ -62,8 +63,8 @@ class Rate:
 # -- machine and cache ---------------------------------------------------------------------
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: cores this process may use (the sampler's default worker count; defined there)
+available_cores = default_workers
 
 
 def cpu_model() -> str:

@@ -237,6 +237,29 @@ def test_new_files_get_the_umask_permissions(tmp_path):
         os.umask(old)
 
 
+class _Payload:
+    """Unpickling this would run code (os.system here: a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_torch_files_are_loaded_with_weights_only(tmp_path):
+    """A well-formed torch file holding a pickled object is refused as damaged, and loading it
+    runs nothing; tensors and plain containers load."""
+    marker = tmp_path / "ran"
+    torch.save({"x": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(store.CorruptFileError, match="evil.pt is damaged .cannot be loaded: UnpicklingError"):
+        store.load_torch(tmp_path / "evil.pt")
+    assert not marker.exists()
+    store.save_torch(tmp_path / "ok.pt", {"t": torch.arange(3), "n": [1, 2.5, "s", None, (True,)]})
+    loaded = store.load_torch(tmp_path / "ok.pt")
+    assert torch.equal(loaded["t"], torch.arange(3)) and loaded["n"] == [1, 2.5, "s", None, (True,)]
+
+
 def test_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     """In-process ENOSPC (no mount needed): the old file survives, no temporary file remains,
     and the error names the file."""
