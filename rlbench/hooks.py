@@ -15,9 +15,9 @@ any object with some of the methods of :class:`Hook`; the loop calls them in thi
 4. ``close(state)`` always, last, even after an error (release files and progress bars).
 
 After each round of calls of 1-3, every hook gets ``on_checkpoint(state, entry)`` for each
-policy checkpoint saved during that round (checkpoint 0 after ``on_start``; ``entry`` holds
-``index``, ``budget_mark``, ``env_steps``, ``iteration`` and the file's ``sha256``; the file
-is ``rlbench.store.ckpt_path(state.run_dir, entry["index"])``).
+policy checkpoint saved during that round (checkpoint 0 after ``on_start`` of a new run;
+``entry`` holds ``index``, ``budget_mark``, ``env_steps``, ``iteration`` and the file's
+``sha256``; the file is ``rlbench.store.ckpt_path(state.run_dir, entry["index"])``).
 
 The built-in hooks run first, in the order of :func:`builtin_hooks`, so a user hook sees an
 iteration after it was logged, saved and recorded in ``run.json``. A user hook is added with
@@ -35,8 +35,9 @@ a TensorBoard logger::
         def on_iteration_end(self, state):
             for k, v in state.metrics.items():
                 self.writer.add_scalar(k, v, state.env_steps)
-        def close(self, state):
-            self.writer.close()
+        def close(self, state):  # also called if a hook before this one failed to start
+            if hasattr(self, "writer"):
+                self.writer.close()
 """
 
 from __future__ import annotations
