@@ -21,13 +21,8 @@ from envs.testing import check_meta_env, temporary_meta_env
 _FAMILY_MARKS = {"locomotion": [pytest.mark.mujoco], "metaworld": [pytest.mark.metaworld]}
 
 
-#: ML45 checks 45 training tasks (about 40 s): slow; ML10 runs the same checks in the fast suite.
-_SLOW = {"rlbench/ML45-v0"}
-
-
 def _params():
-    return [pytest.param(i, marks=[*_FAMILY_MARKS.get(envs.entry(i).family, []), *([pytest.mark.slow] if i in _SLOW else [])], id=i)
-            for i in envs.env_ids()]
+    return [pytest.param(i, marks=_FAMILY_MARKS.get(envs.entry(i).family, []), id=i) for i in envs.env_ids()]
 
 
 @pytest.mark.parametrize("env_id", _params())
