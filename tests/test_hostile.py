@@ -4,8 +4,9 @@ Every case asserts: the exit status, exactly one line on stderr, no traceback, a
 directory the command pointed at holds byte-identical files afterwards (sha256 of every file
 before and after). The cases run concurrently in one module fixture, each in a process of its
 own that runs the CLI's ``main`` on the case's argv with its own stdout and stderr files:
-processes forked from a server that imported ``rlbench.cli`` once (multiprocessing's
-forkserver), because an interpreter start with its imports costs a few CPU seconds per case.
+processes forked from a server that imported the CLI and what its commands import once
+(multiprocessing's forkserver), because an interpreter start with those imports costs a few
+CPU seconds per case (scripts/bench_cli_fork.py).
 ``test_real_command_line_agrees`` runs cases through ``python -m rlbench.cli`` as well.
 """
 
@@ -244,6 +245,11 @@ CASES = [
 ]
 
 
+#: What the forkserver imports once: the CLI and the modules its commands import when they run
+#: (torch and pandas through them), most of a bad-input case's CPU time otherwise.
+PRELOAD = ["rlbench.cli", "rlbench.runner", "rlbench.evaluator", "rlbench.grid", "rlbench.plan"]
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
@@ -303,7 +309,7 @@ def results(fixtures, tmp_path_factory) -> dict[str, Case]:
         io = tmp_path_factory.mktemp(f"{case.id}-io")  # its stdout and stderr files, outside what it may touch
         prepared.append((case, argv, watched, tree_hash(watched) if watched is not None and watched.exists() else None, work, io))
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["rlbench.cli"])
+    ctx.set_forkserver_preload(PRELOAD)
     try:
         with cf.ThreadPoolExecutor(max_workers=4) as pool:
             done = list(pool.map(lambda p: _cli_forked(ctx, p[1], p[5]), prepared))
