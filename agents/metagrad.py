@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-Params = dict[str, torch.Tensor]
+from agents.policy import Params  # the one definition of the alias
+
 Loss = Callable[[Params], torch.Tensor]
 ESTIMATORS = ("second-order", "first-order", "hessian-free")
 

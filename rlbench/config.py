@@ -37,22 +37,11 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` converted to type ``tp`` or raise ConfigError naming ``key``."""
-    origin = get_origin(tp)
     if tp is Any:
         return value
+    origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
@@ -65,56 +54,91 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=key)
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            inner = args[0] if args else Any
-            items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            # Allow 1e6-style integers written as floats only when exact.
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)) or (isinstance(value, str) and _FLOAT_RE.match(value.strip())):
-            try:
-                f = float(value)
-            except OverflowError:  # an int beyond float range
-                f = math.inf
-            if not math.isfinite(f):  # no setting means "unbounded"; inf/NaN would only poison training
-                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-            return f
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+    scalar = _SCALARS.get(tp)
+    if scalar is not None:
+        return scalar(value, key)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """The first member type that accepts ``value`` (``None`` for an Optional)."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> tuple | list:
+    """A list or tuple, item by item (a fixed-length tuple checks its length)."""
+    origin = get_origin(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    args = get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+        items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+    else:
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    # Allow 1e6-style integers written as floats only when exact.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        f = float(value)
+        if f.is_integer():
+            return int(f)
+    raise ConfigError(f"{key}: expected an integer, got {value!r}")
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _FLOAT_RE.match(value.strip())):
+        try:
+            f = float(value)
+        except OverflowError:  # an int beyond float range
+            f = math.inf
+        if not math.isfinite(f):  # no setting means "unbounded"; inf/NaN would only poison training
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return f
+    raise ConfigError(f"{key}: expected a number, got {value!r}")
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+_SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

@@ -34,6 +34,7 @@ from typing import Any
 
 from rlbench import config, presets, store
 from rlbench.errors import UsageError
+from rlbench.sampler import default_workers
 from rlbench.settings import ExperimentConfig, RunConfig
 
 CALIBRATION_VERSION = 1  # bump when what calibrate() measures changes
@@ -62,8 +63,8 @@ class Rate:
 # -- machine and cache ---------------------------------------------------------------------
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: cores this process may use (the sampler's default worker count; defined there)
+available_cores = default_workers
 
 
 def cpu_model() -> str:
@@ -281,7 +282,7 @@ def disk_bytes(cfg: RunConfig, iterations: int, dims: tuple[int, int], metrics_r
                 q.grad = torch.zeros_like(q)
         opt.step()
     ckpt = _torch_bytes({"index": 0, "budget_mark": 0, "env_steps": 0, "iteration": 0, "params": params})
-    # the runner's checkpoint entries (rlbench/runner.py _save_checkpoint), with a sha256 digest each
+    # the runner's checkpoint entries (rlbench/hooks.py save_checkpoint), with a sha256 digest each
     marks = [{"index": i, "budget_mark": m, "env_steps": m, "iteration": 0, "sha256": f"{i:064x}"}
              for i, m in enumerate(cfg.checkpoint_marks)]
     state = _torch_bytes({"agent": agent.state_dict(), "iteration": 0, "env_steps": 0, "checkpoints": marks, "wall_time_s": 0.0})

@@ -4,30 +4,29 @@ Determinism and resume: every random number of iteration i comes from generators
 from (seed, purpose, i), and the full learner state (parameters, optimiser moments, ProMP's
 eta) is saved atomically after every iteration, so a run resumed after a crash at any moment
 continues exactly as the uninterrupted run would have.
+
+This module prepares and checks the run directory and runs the loop; what happens around each
+iteration (checkpoints, metrics log, non-finite guard, saved state, progress, run.json) is done
+by the hooks of :mod:`rlbench.hooks`, to which a user can add their own.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import envs
-from rlbench import backends, config, locking, pairing, store
+from rlbench import backends, config, hooks, locking, store
 from rlbench.errors import UsageError
 from rlbench.evaluator import adaptation_rule
-from rlbench.progress import progress
+from rlbench.hooks import NonFiniteError, TrainState  # noqa: F401 -- NonFiniteError re-exported
 from rlbench.sampler import STEPPERS, Sampler, resolve_backend
 from rlbench.settings import RunConfig
 from rlbench.trainer import Trainer
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced non-finite losses or parameters; the last good state is kept."""
 
 
 def comparability(cfg: RunConfig) -> dict[str, Any]:
@@ -139,103 +138,58 @@ def _lookup(d: dict, dotted: str) -> Any:
     return d
 
 
-def _finite(metrics: dict[str, float], params) -> bool:
-    if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
-        return False
-    return all(bool(v.detach().isfinite().all()) for v in params.values())
-
-
-def _save_checkpoint(run_dir: Path, index: int, mark: int, trainer: Trainer) -> dict[str, Any]:
-    entry = {"index": index, "budget_mark": mark, "env_steps": trainer.budget.used, "iteration": trainer.iteration}
-    digest = store.save_torch(store.ckpt_path(run_dir, index), {**entry, "params": {k: v.detach().clone() for k, v in trainer.agent.params.items()}})
-    return {**entry, "sha256": digest}  # verified by the evaluator before it uses the file
-
-
-def _read_metrics(run_dir: Path, upto_iteration: int) -> list[str]:
-    """Lines of the metrics log up to the saved state's iteration (a line torn by a crash
-    mid-append is dropped; a damaged line elsewhere is an error)."""
-    return [line for line, row in store.read_jsonl(run_dir / store.METRICS_FILE) if row.get("iteration", 0) <= upto_iteration]
-
-
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False, max_iterations: int | None = None) -> dict[str, Any]:
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False, max_iterations: int | None = None,
+          hooks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one run to its budget (or ``max_iterations`` more iterations). Returns run.json.
 
     Everything checkable is checked before a file is written; the run directory is locked
-    for the whole call (a second writer gets a usage error)."""
+    for the whole call (a second writer gets a usage error). ``hooks`` are the user's
+    :mod:`rlbench.hooks` objects, called after the built-in ones (see that module for the
+    calls, their order and their data); a run that is already finished calls none."""
     check_run(cfg, run_dir, max_iterations)
     run_dir = Path(run_dir)
     with locking.claim(run_dir, "run"):
-        return _train(cfg, run_dir, resume, quiet, max_iterations)
+        return _train(cfg, run_dir, resume, quiet, max_iterations, hooks)
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, max_iterations: int | None) -> dict[str, Any]:
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, max_iterations: int | None,
+           user_hooks: Sequence[Any]) -> dict[str, Any]:
     has_state = prepare_run_dir(cfg, run_dir, resume)
     meta = store.read_meta(run_dir)
     if meta.get("status") == "finished":
         return meta
-    marks = cfg.checkpoint_marks
     torch.set_num_threads(cfg.learner_threads)
     with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend,
                  env_kwargs=cfg.env_kwargs) as sampler:
-        trainer = Trainer(cfg, sampler)
-        checkpoints: list[dict[str, Any]] = list(meta.get("checkpoints", []))
-        wall = float(meta.get("wall_time_s", 0.0))
+        state = TrainState(cfg, run_dir, Trainer(cfg, sampler), quiet=quiet, checkpoints=list(meta.get("checkpoints", [])),
+                           wall_time_s=float(meta.get("wall_time_s", 0.0)), meta=meta)
         if has_state:
-            state = store.load_torch(run_dir / store.STATE_FILE, todo="restore it from a backup or train again in a new directory")
-            trainer.agent.load_state_dict(state["agent"])
-            trainer.iteration = state["iteration"]
-            trainer.budget.used = state["env_steps"]
-            checkpoints = state["checkpoints"]
-            wall = state["wall_time_s"]
-        # Rewrite the metrics log to exactly the iterations the saved state has seen.
-        lines = _read_metrics(run_dir, trainer.iteration)
-        store.write_text(run_dir / store.METRICS_FILE, "".join(line + "\n" for line in lines))
-        if not checkpoints:
-            checkpoints.append(_save_checkpoint(run_dir, 0, marks[0], trainer))
-        store.update_meta(run_dir, status="running", checkpoints=checkpoints)
-        pairing.ensure(run_dir)  # proof for paired statistics: hashes of the initial policy and test tasks
-        bar = progress(total=cfg.budget, initial=trainer.budget.used, desc=f"train {cfg.algo} seed {cfg.seed}", unit="step", disable=quiet)
-        done_iters = 0
+            _restore(state)
+        state.hooks = [*hooks.builtin_hooks(), *user_hooks]
+        trainer = state.trainer
         try:
-            with open(run_dir / store.METRICS_FILE, "a") as log:
-                while trainer.can_iterate() and (max_iterations is None or done_iters < max_iterations):
-                    t0 = time.perf_counter()
-                    before = trainer.budget.used
-                    metrics = trainer.iterate()
-                    dt = time.perf_counter() - t0
-                    wall += dt
-                    if not _finite(metrics, trainer.agent.params):
-                        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-                        store.update_meta(run_dir, status="failed", error=f"non-finite values at iteration {trainer.iteration}: {bad or 'parameters'}")
-                        raise NonFiniteError(
-                            f"{run_dir}: non-finite {'metrics ' + ', '.join(bad) if bad else 'parameters'} at iteration "
-                            f"{trainer.iteration}; kept the last good state (iteration {trainer.iteration - 1})"
-                        )
-                    while len(checkpoints) < len(marks) and trainer.budget.used >= marks[len(checkpoints)]:
-                        checkpoints.append(_save_checkpoint(run_dir, len(checkpoints), marks[len(checkpoints)], trainer))
-                    metrics["time/iteration_s"] = dt
-                    metrics["time/steps_per_s"] = (trainer.budget.used - before) / dt
-                    row = {"iteration": trainer.iteration, "env_steps": trainer.budget.used, **metrics}
-                    # Log line first, then state: after a crash between them the log has one row
-                    # beyond the saved state, which resume drops (rows past the state's iteration).
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                    store.save_torch(run_dir / store.STATE_FILE, {
-                        "agent": trainer.agent.state_dict(), "iteration": trainer.iteration,
-                        "env_steps": trainer.budget.used, "checkpoints": checkpoints, "wall_time_s": wall,
-                    })
-                    done_iters += 1
-                    bar.update(trainer.budget.used - before)
-                    bar.set_postfix({"ret": f"{metrics.get('rollout/return_mean', float('nan')):.1f}", "it": trainer.iteration})
-                    store.update_meta(run_dir, budget_used=trainer.budget.used, iterations=trainer.iteration, wall_time_s=wall,
-                                      checkpoints=checkpoints)
+            state.call("on_start")
+            while trainer.can_iterate() and (max_iterations is None or state.done_iterations < max_iterations):
+                t0 = time.perf_counter()
+                before = trainer.budget.used
+                state.metrics = trainer.iterate()
+                state.seconds = time.perf_counter() - t0
+                state.steps = trainer.budget.used - before
+                state.wall_time_s += state.seconds
+                state.call("on_iteration_end")
+                state.done_iterations += 1
+            state.finished = not trainer.can_iterate()
+            state.call("on_end")
         finally:
-            bar.close()
-        finished = not trainer.can_iterate()
-        if finished:
-            # Marks the budget could not reach (episodes ending early leave a remainder smaller
-            # than one iteration) get the final policy, with its exact step count recorded.
-            while len(checkpoints) < len(marks):
-                checkpoints.append(_save_checkpoint(run_dir, len(checkpoints), marks[len(checkpoints)], trainer))
-        return store.update_meta(run_dir, status="finished" if finished else "running", checkpoints=checkpoints,
-                                 budget_used=trainer.budget.used, iterations=trainer.iteration, wall_time_s=wall)
+            hooks.close_all(state.hooks, state)
+        return state.meta
+
+
+def _restore(state: TrainState) -> None:
+    """Continue from the saved state: learner, iteration, budget used, checkpoints, wall time."""
+    saved = store.load_torch(state.run_dir / store.STATE_FILE, todo="restore it from a backup or train again in a new directory")
+    state.trainer.agent.load_state_dict(saved["agent"])
+    state.trainer.iteration = saved["iteration"]
+    state.trainer.budget.used = saved["env_steps"]
+    state.checkpoints = saved["checkpoints"]
+    state.wall_time_s = saved["wall_time_s"]

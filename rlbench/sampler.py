@@ -427,6 +427,6 @@ class _Draws:
 
 
 # Register the non-gym backends (rlbench.backends imports envs only, never this module).
-from rlbench import backends as _backends
+from rlbench import backends as _backends  # noqa: E402 -- after STEPPERS exists (import cycle)
 
 _backends.register(STEPPERS)

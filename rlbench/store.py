@@ -41,6 +41,8 @@ from typing import Any
 import torch
 import yaml
 
+from envs.fingerprint import PACKAGES as ENV_PACKAGES
+from envs.fingerprint import package_versions
 from rlbench import config
 from rlbench.errors import UsageError
 from rlbench.settings import RunConfig
@@ -57,7 +59,9 @@ EVAL_FILE = "evaluation.csv"
 EXPERIMENT_FILE = "experiment.yaml"
 COMPARISON_DIR = "comparison"
 
-PACKAGES = ("torch", "numpy", "scipy", "gymnasium", "mujoco", "metaworld", "pandas", "matplotlib", "pyyaml", "tqdm")
+#: Packages whose versions run.json records: the environments' (envs.fingerprint.PACKAGES,
+#: also part of the comparability record) and the harness's.
+PACKAGES = ("torch", *ENV_PACKAGES, "scipy", "pandas", "matplotlib", "pyyaml", "tqdm")
 
 
 TMP_SUFFIX = ".tmp"
@@ -191,18 +195,16 @@ def load_torch(path: Path, sha256: str | None = None, todo: str = "restore it fr
     if bad is not None:
         raise _damaged(path, f"record {bad} fails its CRC check", todo)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only (what save_torch is given), so a
+        # file from elsewhere cannot run code when it is loaded
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise _damaged(path, f"cannot be loaded: {type(e).__name__}", todo) from None
 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
+    out.update({pkg: v or "not installed" for pkg, v in package_versions(PACKAGES).items()})
     out["rlbench"] = metadata.version("rlbench") if _installed("rlbench") else "source"
     return out
 

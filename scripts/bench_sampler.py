@@ -131,7 +131,7 @@ def physics_limits(env_id: str, rng: np.random.Generator) -> dict[str, float]:
     # mj_step on one core; the state is restored every 200 env steps (an episode).
     steps, t0 = 0, time.perf_counter()
     while True:
-        for k in range(200):
+        for _ in range(200):
             data.ctrl[:] = rng.uniform(-1, 1, model.nu)
             mujoco.mj_step(model, data, fs)
         steps += 200

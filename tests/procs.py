@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
+def wait_exited(pids: list[int], timeout: float) -> list[int]:
+    """Wait (without polling) until every process in ``pids`` has exited, at most ``timeout``
+    seconds in all; returns those still running. Each wait is on a pidfd, which the kernel
+    makes readable when the process exits (works for processes that are not our children)."""
+    import os
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    left = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone (and reaped)
+        try:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+        if not ready:
+            left.append(pid)
+    return left

@@ -2,14 +2,19 @@
 
 Every case asserts: the exit status, exactly one line on stderr, no traceback, and that the
 directory the command pointed at holds byte-identical files afterwards (sha256 of every file
-before and after). The cases run concurrently in one module fixture (each is a separate
-``python -m rlbench.cli`` process), so the module costs about as much as its slowest few cases.
+before and after). The cases run concurrently in one module fixture, each in a process of its
+own that runs the CLI's ``main`` on the case's argv with its own stdout and stderr files:
+processes forked from a server that imported the CLI and what its commands import once
+(multiprocessing's forkserver), because an interpreter start with those imports costs a few
+CPU seconds per case (scripts/bench_cli_fork.py).
+``test_real_command_line_agrees`` runs cases through ``python -m rlbench.cli`` as well.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import multiprocessing as mp
 import os
 import shutil
 import subprocess
@@ -240,9 +245,45 @@ CASES = [
 ]
 
 
+#: What the forkserver imports once: the CLI and the modules its commands import when they run
+#: (torch and pandas through them), most of a bad-input case's CPU time otherwise.
+PRELOAD = ["rlbench.cli", "rlbench.runner", "rlbench.evaluator", "rlbench.grid", "rlbench.plan"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def _cli(argv: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "rlbench.cli", *argv], capture_output=True, text=True, timeout=300, env=env, check=False)
+    """The real command line: a new interpreter running ``python -m rlbench.cli``."""
+    return subprocess.run([sys.executable, "-m", "rlbench.cli", *argv], capture_output=True, text=True, timeout=300, env=_env(),
+                          check=False)
+
+
+def _main_in_child(argv: list[str], out: str, err: str, env: dict[str, str]) -> None:
+    """What ``python -m rlbench.cli`` does, in a forked child: stdout and stderr to files,
+    exit status from ``main`` (multiprocessing turns SystemExit into the exit code, and an
+    uncaught exception into a traceback on stderr and exit 1, as the interpreter would)."""
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(f, fd)
+        os.close(f)
+    from rlbench.cli import main
+
+    sys.exit(main(argv))
+
+
+def _cli_forked(ctx, argv: list[str], work: Path) -> subprocess.CompletedProcess:
+    out, err = work / "_stdout.txt", work / "_stderr.txt"
+    p = ctx.Process(target=_main_in_child, args=(argv, str(out), str(err), _env()))
+    p.start()
+    p.join(300)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+    return subprocess.CompletedProcess(argv, p.exitcode, out.read_text(), err.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -265,17 +306,20 @@ def results(fixtures, tmp_path_factory) -> dict[str, Case]:
     for case in CASES:
         work = tmp_path_factory.mktemp(case.id)
         argv, watched = case.setup(work, fx)
-        prepared.append((case, argv, watched, tree_hash(watched) if watched is not None and watched.exists() else None))
+        io = tmp_path_factory.mktemp(f"{case.id}-io")  # its stdout and stderr files, outside what it may touch
+        prepared.append((case, argv, watched, tree_hash(watched) if watched is not None and watched.exists() else None, work, io))
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
     try:
         with cf.ThreadPoolExecutor(max_workers=4) as pool:
-            done = list(pool.map(lambda p: _cli(p[1]), prepared))
+            done = list(pool.map(lambda p: _cli_forked(ctx, p[1], p[5]), prepared))
     finally:
         for h in fx.get("_holders", []):  # type: ignore[union-attr]
             h.kill()
             h.wait()
-    for (case, argv, watched, before), proc in zip(prepared, done):
+    for (case, argv, watched, before, work, _), proc in zip(prepared, done):
         after = tree_hash(watched) if watched is not None and watched.exists() else None
-        case.result = {"argv": argv, "proc": proc, "before": before, "after": after, "watched": watched}
+        case.result = {"argv": argv, "proc": proc, "before": before, "after": after, "watched": watched, "work": work}
     assert {k: tree_hash(v) for k, v in fixtures.items()} == before_fixtures  # cases work on copies
     return {c.id: c for c in CASES}
 
@@ -302,3 +346,15 @@ def test_bad_input_ends_cleanly(results, case_id):
     # no temporary files of atomic writes are left anywhere the command could write
     if r["watched"] is not None and r["watched"].is_dir():
         assert not list(r["watched"].rglob(f".*{store.TMP_SUFFIX}"))
+
+
+@pytest.mark.parametrize("case_id", ["unknown-env", "set-nan-gamma", "truncated-state", "edited-eval-part", "run-duplicate-seeds"])
+def test_real_command_line_agrees(results, fixtures, tmp_path, case_id):
+    """The same case through ``python -m rlbench.cli`` in a new interpreter: same exit status
+    and the same message (with each run's own work directory in it replaced)."""
+    case = results[case_id]
+    argv, _ = case.setup(tmp_path, dict(fixtures))
+    real = _cli(argv)
+    forked = case.result["proc"]
+    assert real.returncode == forked.returncode == case.code, real.stderr
+    assert real.stderr.replace(str(tmp_path), "WORK") == forked.stderr.replace(str(case.result["work"]), "WORK")

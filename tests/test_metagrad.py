@@ -183,7 +183,7 @@ def test_second_order_equals_autograd_through_adapted_with_graph(problem, K):
     phi = metagrad.adapted_with_graph(leaf, losses, LR)
     ref = torch.autograd.grad(outer(phi), tuple(leaf.values()))
     g, phis = metagrad.meta_gradient(theta, losses, LR, outer, "second-order")
-    for (k, gk), r in zip(g.items(), ref):
+    for (_k, gk), r in zip(g.items(), ref):
         torch.testing.assert_close(gk, r, rtol=1e-10, atol=1e-12)
     for k in phi:
         torch.testing.assert_close(phis[-1][k], phi[k].detach(), rtol=1e-12, atol=1e-14)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import QuadMesh
 from matplotlib.contour import QuadContourSet
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -15,6 +16,52 @@ from rlbench import plots, stats
 def _ax() -> plots.Axes:
     _, axes = plots.new_figure(1)
     return axes[0]
+
+
+# What an axes drew, read from its artists (never from attributes the code under test attaches),
+# and compared with what matplotlib itself draws from values recomputed here from the input.
+
+
+def _filled(ax) -> QuadContourSet:
+    sets = [c for c in ax.collections if isinstance(c, QuadContourSet) and c.filled]
+    assert len(sets) == 1
+    return sets[0]
+
+
+def _assert_contourf_of(cs: QuadContourSet, x, y, z_cu, levels) -> None:
+    """``cs`` has exactly the regions matplotlib's contourf draws for ``z_cu`` ([C, U]; NaN
+    blank) over x (checkpoints) and y (test updates), with ``levels``."""
+    ref = Figure().add_subplot().contourf(x, y, np.ma.masked_invalid(np.asarray(z_cu, float).T), levels)
+    np.testing.assert_allclose(cs.levels, ref.levels)
+    assert len(cs.get_paths()) == len(ref.get_paths())
+    for a, b in zip(cs.get_paths(), ref.get_paths()):
+        np.testing.assert_allclose(a.vertices, b.vertices)
+        np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def _edges(v: np.ndarray, i: int) -> tuple[float, float]:
+    """Cell i's extent: halfway to its neighbours, clipped to the data range (+-0.5 alone)."""
+    if v.size == 1:
+        return v[0] - 0.5, v[0] + 0.5
+    lo = v[0] if i == 0 else (v[i - 1] + v[i]) / 2
+    hi = v[-1] if i == v.size - 1 else (v[i] + v[i + 1]) / 2
+    return lo, hi
+
+
+def _hatched_cells(ax, x, y, hatch: str) -> set[tuple[int, int]]:
+    """(checkpoint, update) indices of the cells covered by a rectangle with ``hatch``; a
+    rectangle must cover exactly one cell, centred on its grid point (edges halfway between
+    grid values, clipped at the ends)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    cells = set()
+    for p in ax.patches:
+        if isinstance(p, Rectangle) and p.get_hatch() == hatch:
+            (x0, y0), w, h = p.get_xy(), p.get_width(), p.get_height()
+            i = int(np.argmin(np.abs(x - (x0 + w / 2)))) if x.size > 1 else 0
+            j = int(np.argmin(np.abs(y - (y0 + h / 2)))) if y.size > 1 else 0
+            assert (x0, x0 + w, y0, y0 + h) == pytest.approx((*_edges(x, i), *_edges(y, j))), (x0, w, y0, h)
+            cells.add((i, j))
+    return cells
 
 
 def _scores(n_marks: int = 3, seeds=(1, 2, 3, 4), envs=("rlbench/A-v0", "rlbench/B-v0")) -> pd.DataFrame:
@@ -37,15 +84,16 @@ def test_contour_plots_the_given_probabilities_with_a_half_line_and_hatched_flag
     flags = np.full((3, 6), "", dtype=object)
     flags[2, 5] = "n_b<2"
     ax = plots.contour(_ax(), x, y, prob, title="t", flags=flags)
-    cs = ax.rlbench_mappable
-    assert isinstance(cs, QuadContourSet)
-    np.testing.assert_allclose(cs.levels, plots.PROB_LEVELS)
+    cs = _filled(ax)
+    _assert_contourf_of(cs, x / 1e6, y, prob, np.linspace(0, 1, 21))  # 0.05 steps; x in millions
     assert (cs.norm.vmin, cs.norm.vmax) == (0.0, 1.0) and cs.cmap.name == "RdBu_r"
-    np.testing.assert_array_equal(ax.rlbench_values, prob.T)
     lines = [c for c in ax.collections if isinstance(c, QuadContourSet) and not c.filled]
     assert len(lines) == 1 and list(lines[0].levels) == [0.5]
-    hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]
-    assert len(hatched) == 1
+    ref = Figure().add_subplot().contour(x / 1e6, y, prob.T, [0.5])
+    assert len(lines[0].get_paths()) == len(ref.get_paths()) == 1
+    np.testing.assert_allclose(lines[0].get_paths()[0].vertices, ref.get_paths()[0].vertices)
+    assert _hatched_cells(ax, x / 1e6, y, "xxx") == {(2, 5)}
+    assert _hatched_cells(ax, x / 1e6, y, "///") == set()
     assert "steps (M)" in ax.get_xlabel() and ax.get_ylabel() == "test updates"
 
 
@@ -53,17 +101,24 @@ def test_contour_paper_compat_is_gs_style():
     x, y = np.array([0, 1e6, 2e6]), np.arange(6)
     prob = np.linspace(0.0, 1.0, 18).reshape(3, 6)
     ax = plots.contour(_ax(), x, y, prob, title="t", paper_compat=True)
-    cs = ax.rlbench_mappable
-    np.testing.assert_allclose(cs.levels, np.linspace(-1.01, 1.01, 50))
+    cs = _filled(ax)
+    # GS summary.py: 2P - 1 on 50 levels over [-1.01, 1.01]; 2e6 steps are shown in thousands
+    _assert_contourf_of(cs, x / 1e3, y, 2 * prob - 1, np.linspace(-1.01, 1.01, 50))
     assert (cs.norm.vmin, cs.norm.vmax) == (-1.0, 1.0) and cs.cmap.name == "RdBu_r"
-    np.testing.assert_allclose(ax.rlbench_values, (2 * prob - 1).T)
+    assert not [c for c in ax.collections if isinstance(c, QuadContourSet) and not c.filled]  # no 0.5 line
     assert any("paper-compat" in t.get_text() for t in ax.texts)
 
 
 def test_contour_with_one_checkpoint_and_nan_cells():
-    ax = plots.contour(_ax(), [0.0], np.arange(6), np.array([[0.2, np.nan, 0.5, 0.6, 0.9, 1.0]]), title="t",
+    values = [0.2, np.nan, 0.5, 0.6, 0.9, 1.0]
+    ax = plots.contour(_ax(), [0.0], np.arange(6), np.array([values]), title="t",
                        flags=np.array([[False, True, False, False, False, False]]))
-    assert ax.rlbench_values.mask.tolist() == [[False], [True], [False], [False], [False], [False]]
+    meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(meshes) == 1  # one column of cells: a cell map, not a contour
+    drawn = meshes[0].get_array()
+    assert drawn.mask.ravel().tolist() == [False, True, False, False, False, False]
+    np.testing.assert_array_equal(drawn.ravel().compressed(), [0.2, 0.5, 0.6, 0.9, 1.0])
+    assert _hatched_cells(ax, [0.0], np.arange(6), "xxx") == {(0, 1)}
     with pytest.raises(ValueError):
         plots.contour(_ax(), [0.0, 1.0], np.arange(6), np.zeros((6, 2)), title="t")
 
@@ -78,7 +133,8 @@ def test_contour_hatches_not_significant_cells_apart_from_flagged_ones():
     ax = plots.contour(_ax(), x, y, prob, title="t", flags=flags, not_significant=ns)
     hatches = sorted(p.get_hatch() for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch())
     assert hatches == ["///", "xxx"]
-    assert ax.rlbench_hatched["not_significant"].tolist() == [[False, False], [False, True], [False, False]]
+    assert _hatched_cells(ax, x / 1e3, y, "xxx") == {(0, 0)}
+    assert _hatched_cells(ax, x / 1e3, y, "///") == {(1, 1)}
 
 
 def test_contour_figure_draws_report_values_per_analysis_and_saves_png_pdf(tmp_path):
@@ -87,16 +143,24 @@ def test_contour_figure_draws_report_values_per_analysis_and_saves_png_pdf(tmp_p
     for analysis in stats.ANALYSES:
         fig = plots.contour_figure(rep, analysis=analysis)
         assert isinstance(fig, Figure)
-        panels = [ax for ax in fig.axes if hasattr(ax, "rlbench_values")]
+        panels = [ax for ax in fig.axes if any(isinstance(c, QuadContourSet) for c in ax.collections)]
         assert [ax.get_title().split("\n")[0] for ax in panels] == ["A-v0", "B-v0"]
         for ax, env in zip(panels, ["rlbench/A-v0", "rlbench/B-v0"]):
+            # recomputed from the report's rows, without stats.grid: one value per (mark, update)
+            rows = rep[rep["env_id"] == env]
+            marks, ups = np.sort(rows["budget_mark"].unique()), np.sort(rows["test_update"].unique())
+            cell = rows.set_index(["budget_mark", "test_update"])
             col = "paper_value" if analysis == "paper" else f"{analysis}_one_minus_p"
-            _, _, want = stats.grid(rep, env, col)
-            np.testing.assert_allclose(ax.rlbench_values, want.T, atol=1e-12)
-            _, _, q = stats.grid(rep, env, f"{analysis}_q")
-            _, _, fl = stats.grid(rep, env, f"{analysis}_flags")
-            np.testing.assert_array_equal(ax.rlbench_hatched["not_significant"], ~(q < 0.05) & (fl == ""))
-            np.testing.assert_array_equal(ax.rlbench_hatched["flagged"], fl != "")
+            want = np.array([[cell.loc[(m, u), col] for u in ups] for m in marks], dtype=float)
+            if analysis == "paper":  # GS's value, already on [-1, 1]
+                _assert_contourf_of(_filled(ax), marks / 1e6, ups, want, np.linspace(-1.01, 1.01, 50))
+            else:
+                _assert_contourf_of(_filled(ax), marks / 1e6, ups, want, np.linspace(0, 1, 21))
+            flagged = {(i, j) for i, m in enumerate(marks) for j, u in enumerate(ups) if cell.loc[(m, u), f"{analysis}_flags"] != ""}
+            weak = {(i, j) for i, m in enumerate(marks) for j, u in enumerate(ups)
+                    if not cell.loc[(m, u), f"{analysis}_q"] < 0.05 and (i, j) not in flagged}
+            assert _hatched_cells(ax, marks / 1e6, ups, "xxx") == flagged
+            assert _hatched_cells(ax, marks / 1e6, ups, "///") == weak
         n_flag = sum(p.get_hatch() == "xxx" for ax in panels for p in ax.patches)
         assert n_flag == int((rep[f"{analysis}_flags"] != "").sum())
         title = fig.get_suptitle().replace("\n", " ")
@@ -118,9 +182,9 @@ def test_study_figure_has_a_panel_per_env_and_pair_on_one_scale_and_summary_matc
     reps = [stats.compare_cells(sc, "drs-ppo", "promp", n_boot=99),
             stats.compare_cells(sc2[sc2["env_id"] == "rlbench/A-v0"], "drs-trpo", "trpo-maml", n_boot=99)]
     fig = plots.study_figure(reps, analysis="paired")
-    panels = [ax for ax in fig.axes if hasattr(ax, "rlbench_values") and ax.get_visible()]
+    panels = [ax for ax in fig.axes if ax.get_visible() and any(isinstance(c, QuadContourSet) for c in ax.collections)]
     assert len(panels) == 3  # 2 envs x pair 1, 1 env x pair 2
-    assert {(ax.rlbench_mappable.norm.vmin, ax.rlbench_mappable.norm.vmax) for ax in panels} == {(0.0, 1.0)}
+    assert {(_filled(ax).norm.vmin, _filled(ax).norm.vmax) for ax in panels} == {(0.0, 1.0)}
     summ = plots.summary_table(reps, "paired")
     # 3 (env, pair) x 3 checkpoints x test updates {1, 5}
     assert len(summ) == 3 * 3 * 2 and set(summ["test_update"]) == {1, 5}
@@ -151,9 +215,11 @@ def test_learning_and_adaptation_curves_plot_seed_means_with_n_in_legend(tmp_pat
     assert labels == ["DRS+PPO (n = 3 seeds)", "ProMP (n = 3 seeds)"]
 
     ax = plots.adaptation_curves(_ax(), env, ["drs-ppo", "promp"], marks=[0, 32_000_000])
-    t = ax.rlbench_curves[("promp", 32_000_000)]
+    line = [ln for ln in ax.get_lines() if ln.get_label() == "ProMP @ 32M steps"]
+    assert len(line) == 1
     want = env[(env["algo"] == "promp") & (env["budget_mark"] == 32_000_000)].groupby("test_update")["score"].mean()
-    np.testing.assert_allclose(t["mean"], want.to_numpy())
+    np.testing.assert_allclose(line[0].get_ydata(), want.to_numpy())
+    np.testing.assert_allclose(line[0].get_xdata(), want.index.to_numpy())
     assert "n = 3 seeds" in ax.get_title()
     for build in (plots.learning_figure, plots.adaptation_figure):
         paths = plots.save_figure(build(sc, ["drs-ppo", "promp"]), tmp_path / build.__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from procs import alive
+from procs import wait_exited
 
 from rlbench import locking, presets, store
 from rlbench.cli import main
@@ -205,12 +205,7 @@ def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path):
     assert len(metrics_without_time(run)) == 3  # one line beyond the saved state
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2
-    import time
-
-    deadline = time.time() + 15
-    while time.time() < deadline and any(alive(w) for w in workers):
-        time.sleep(0.2)
-    assert not any(alive(w) for w in workers)
+    assert wait_exited(workers, timeout=15) == []
     res = _cli(*base, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert not list(run.rglob(f"*{store.TMP_SUFFIX}"))
@@ -240,6 +235,29 @@ def test_new_files_get_the_umask_permissions(tmp_path):
         assert stat.S_IMODE((tmp_path / "b.pt").stat().st_mode) == 0o664
     finally:
         os.umask(old)
+
+
+class _Payload:
+    """Unpickling this would run code (os.system here: a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_torch_files_are_loaded_with_weights_only(tmp_path):
+    """A well-formed torch file holding a pickled object is refused as damaged, and loading it
+    runs nothing; tensors and plain containers load."""
+    marker = tmp_path / "ran"
+    torch.save({"x": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(store.CorruptFileError, match="evil.pt is damaged .cannot be loaded: UnpicklingError"):
+        store.load_torch(tmp_path / "evil.pt")
+    assert not marker.exists()
+    store.save_torch(tmp_path / "ok.pt", {"t": torch.arange(3), "n": [1, 2.5, "s", None, (True,)]})
+    loaded = store.load_torch(tmp_path / "ok.pt")
+    assert torch.equal(loaded["t"], torch.arange(3)) and loaded["n"] == [1, 2.5, "s", None, (True,)]
 
 
 def test_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -6,13 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from procs import alive
+from procs import wait_exited
 
 from rlbench import presets, store
 from rlbench.cli import main
@@ -116,7 +115,7 @@ def test_persistent_adam_matches_torch_adam():
     opt = torch.optim.Adam([ref], lr=0.01, eps=1e-8)
     adam = PersistentAdam(0.01)
     cur = {"w": x.clone()}
-    for i in range(5):
+    for _ in range(5):
         g = torch.randn(3, 4, dtype=torch.float64)
         ref.grad = g.clone()
         opt.step()
@@ -160,10 +159,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2  # the sampler's worker processes
     # orphaned workers notice their parent is gone and exit (no processes left behind)
-    deadline = time.time() + 15
-    while time.time() < deadline and any(alive(w) for w in workers):
-        time.sleep(0.2)
-    assert not any(alive(w) for w in workers)
+    assert wait_exited(workers, timeout=15) == []
     meta = store.read_meta(run)
     assert meta["status"] == "running" and meta["iterations"] == 3  # really interrupted, at the chosen point
     assert len(metrics_without_time(run)) == 4  # the killed iteration's line is there; resume drops it
@@ -222,9 +218,10 @@ def test_existing_results_are_never_overwritten(tmp_path, capsys):
     assert before == after
 
 
-def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys, monkeypatch):
-    """A NaN injected into the parameters at iteration 3: the run stops with exit 1, and the
-    saved state, metrics and checkpoints are exactly those of iteration 2."""
+@pytest.mark.parametrize("where", ["parameters", "metrics train/loss"])
+def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys, monkeypatch, where):
+    """A NaN injected at iteration 3 (into the parameters, or one metric): the run stops with
+    exit 1, and the saved state, metrics and checkpoints are exactly those of iteration 2."""
     from rlbench.trainer import Trainer
 
     real_iterate = Trainer.iterate
@@ -232,8 +229,12 @@ def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys, monkey
     def iterate(self):
         metrics = real_iterate(self)
         if self.iteration == 3:
-            with torch.no_grad():
-                next(iter(self.agent.params.values())).view(-1)[0] = float("nan")
+            if where == "parameters":
+                with torch.no_grad():
+                    next(iter(self.agent.params.values())).view(-1)[0] = float("nan")
+            else:
+                assert isinstance(metrics["train/loss"], float)
+                metrics["train/loss"] = float("nan")
         return metrics
 
     monkeypatch.setattr(Trainer, "iterate", iterate)
@@ -245,9 +246,11 @@ def test_non_finite_run_stops_and_keeps_last_good_state(tmp_path, capsys, monkey
     code = main(args(run))
     assert code == 1
     err = capsys.readouterr().err
-    assert "non-finite parameters at iteration 3" in err and "iteration 2" in err, err
+    assert err.strip().endswith(f"non-finite {where} at iteration 3; kept the last good state (iteration 2)"), err
     meta = store.read_meta(run)
-    assert meta["status"] == "failed" and "non-finite" in meta["error"]
+    assert meta["status"] == "failed"
+    assert meta["error"] == f"non-finite values at iteration 3: {['train/loss'] if 'metrics' in where else 'parameters'}"
+    assert meta["iterations"] == 2
     state = store.load_torch(run / store.STATE_FILE)
     assert state["iteration"] == 2
     assert all(bool(v.isfinite().all()) for v in state["agent"]["params"].values())

@@ -23,7 +23,7 @@ from agents.advantages import AdvantageSettings, compute_advantages
 from agents.policy import GaussianMLPPolicy
 from rlbench import config, presets
 from rlbench.batch import Batch
-from rlbench.evaluator import evaluate_params, adaptation_rule
+from rlbench.evaluator import adaptation_rule, evaluate_params
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
 
