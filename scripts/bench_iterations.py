@@ -18,8 +18,8 @@ backends, the sampler; ``children``: sampler worker processes). ``loadavg`` is t
 from __future__ import annotations
 
 import argparse
-import json
 import inspect
+import json
 import multiprocessing
 import os
 import resource
