@@ -19,10 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from agents.drs import DRSPPO
+from agents.maml import ProMP
+
 ENV = "rlbench/PointGoal-v0"
-TRAIN = ["train", "--env", ENV, "--algo", "drs-ppo", "--preset", "smoke", "--seed", "1", "--quiet", "--budget", "4000"]
+TRAIN = ["train", "--env", ENV, "--algo", DRSPPO.algo, "--preset", "smoke", "--seed", "1", "--quiet", "--budget", "4000"]
 CASES = [
-    ["train", "--env", "rlbench/Nope-v0", "--algo", "promp"],
+    ["train", "--env", "rlbench/Nope-v0", "--algo", ProMP.algo],
     [*TRAIN, "--set", "algo_cfg.inner_lr=fast"],
     [*TRAIN, "--set", "advantage.gamma=.nan"],
     [*TRAIN, "--set", "sampler.backend=nope"],

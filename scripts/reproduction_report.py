@@ -29,9 +29,9 @@ import pandas as pd
 from scipy import stats as sps
 
 from rlbench import config, stats, store
-from rlbench.grid import COMPARISON_DIR, EXPERIMENT_FILE
 from rlbench.plots import algo_label, env_label
 from rlbench.settings import ExperimentConfig
+from rlbench.store import COMPARISON_DIR, EXPERIMENT_FILE
 
 RUNS_DIR = "runs"
 RAW_FILES = (store.CONFIG_FILE, store.META_FILE, store.METRICS_FILE, store.EVAL_FILE)
@@ -205,6 +205,19 @@ def evaluate_claims(reports: dict, diffs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def counts_table(reports: dict) -> pd.DataFrame:
+    """Per environment and pair, over the cells after checkpoint 0 (checkpoint x test update):
+    how many favour DRS in the mean, and how many are significant either way."""
+    rows = []
+    for (env_id, a, b), rep in sorted(reports.items()):
+        later = rep[rep["budget_mark"] > 0]
+        sig = later.apply(_sig, axis=1)
+        rows.append({"env_id": env_id, "pair": f"{a}:{b}", "cells": len(later),
+                     "drs_mean_ahead": int((later["paired_diff"] > 0).sum()),
+                     "drs_significant": int((sig == 1).sum()), "maml_significant": int((sig == -1).sum())})
+    return pd.DataFrame(rows)
+
+
 def noise_table(reports: dict, diffs: dict, df: pd.DataFrame) -> pd.DataFrame:
     """Within-seed standard error against seed-to-seed spread, after 1 test update, per checkpoint."""
     scores = stats.seed_scores(df, "return")
@@ -224,6 +237,15 @@ def noise_table(reports: dict, diffs: dict, df: pd.DataFrame) -> pd.DataFrame:
                                                     .std(ddof=1).mean()),
             })
     return pd.DataFrame(rows)
+
+
+def run_budgets(dest: Path) -> dict[str, int]:
+    """Budget per run of each environment, from the runs' own configs (one value per environment)."""
+    out: dict[str, set[int]] = {}
+    for path in sorted((dest / RUNS_DIR).rglob(store.CONFIG_FILE)):
+        cfg = config.load_yaml(path)
+        out.setdefault(cfg["env_id"], set()).add(int(cfg["budget"]))
+    return {e: b.pop() if len(b) == 1 else max(b) for e, b in sorted(out.items())}
 
 
 def rates_table(dest: Path) -> pd.DataFrame:
@@ -249,8 +271,8 @@ def _md_table(df: pd.DataFrame, cols: list[str], heads: list[str]) -> str:
     return "\n".join(lines)
 
 
-def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.DataFrame, exp: ExperimentConfig,
-             n_tasks: int) -> str:
+def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.DataFrame, counts: pd.DataFrame,
+             exp: ExperimentConfig, n_tasks: int) -> str:
     text = {c.key: c for c in CLAIMS}
     claims = claims.assign(claim_text=[f"**{k}** {text[k].text}" for k in claims["claim"]],
                            paper=[text[k].where for k in claims["claim"]])
@@ -263,12 +285,24 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
         ratio=[f"{w / b:.2f}" if b > 0 else "n/a" for w, b in
                zip(noise["diff_within_se_median"], noise["diff_between_seed_sd"])],
     )
-    scale = exp.budget / PAPER_LOCOMOTION_BUDGET
+    budgets = run_budgets(dest)
+    scale = "; ".join(f"{env_label(e)} {b:,} environment steps per run = {b / PAPER_LOCOMOTION_BUDGET:.3%} of the "
+                      f"paper's {PAPER_LOCOMOTION_BUDGET:,}" for e, b in budgets.items())
     return "\n".join([
         BEGIN,
-        f"Scale: {exp.budget:,} environment steps per run = {scale:.2%} of the paper's "
-        f"{PAPER_LOCOMOTION_BUDGET:,}; {len(exp.seeds)} seeds; {n_tasks} meta-test tasks per seed. "
+        f"Scale: {scale}; {len(exp.seeds)} seeds; {n_tasks} meta-test tasks per seed. "
         f"Generated from `{dest}` by `python scripts/reproduction_report.py report {dest} --update REPRODUCTION.md`.",
+        "",
+        "### Over the whole grid",
+        "",
+        ("Cells after checkpoint 0 (checkpoint x test update) per environment and pair: how many favour DRS in "
+         f"the mean, and how many are significant (paired, BH q < {Q:g}) for either method."),
+        "",
+        _md_table(counts.assign(label=[f"{env_label(e)}, {' vs '.join(algo_label(x) for x in p.split(':'))}"
+                                       for e, p in zip(counts["env_id"], counts["pair"])]),
+                  ["label", "cells", "drs_mean_ahead", "drs_significant", "maml_significant"],
+                  ["environment, pair", "cells", "DRS ahead in the mean", "DRS significantly ahead",
+                   "MAML significantly ahead"]),
         "",
         "### Claims",
         "",
@@ -323,7 +357,9 @@ def report(dest: Path, update: Path | None) -> int:
     noise.to_csv(dest / "noise.csv", index=False)
     rates = rates_table(dest)
     rates.to_csv(dest / "rates.csv", index=False)
-    md = markdown(dest, claims, noise, rates, exp, int(df.groupby(["env_id", "algo", "seed", "budget_mark", "test_update"])
+    counts = counts_table(reports)
+    counts.to_csv(dest / "counts.csv", index=False)
+    md = markdown(dest, claims, noise, rates, counts, exp, int(df.groupby(["env_id", "algo", "seed", "budget_mark", "test_update"])
                                                 ["task"].nunique().min()))
     (dest / "claims.md").write_text(md + "\n")
     if update is not None:

@@ -117,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         body += _pair_text(rep, scores[scores["algo"].isin(p)])
     names = ", ".join(f"{algo_label(a)} vs {algo_label(b)}" for a, b in pairs)
     envs = ", ".join(f"`{e}`" for e in exp.envs)
-    marks = sorted(next(iter(reports.values()))["budget_mark"].unique())
+    rep0 = next(iter(reports.values()))
+    # per environment: its runs' budget (the largest checkpoint mark) and checkpoint marks
+    schedule = "; ".join(
+        f"`{env_label(e)}` {int(max(m)):,} environment steps per run, checkpoints at "
+        f"{', '.join(f'{int(x):,}' for x in sorted(m))} steps"
+        for e, m in ((e, g["budget_mark"].unique()) for e, g in rep0.groupby("env_id", sort=True)))
     files = "\n".join(f"| `{n}` | {desc} |" for n, desc in [
         *[(f"{a}_vs_{b}_return_contour.png", ("1 - p of the paired analysis over budget x test updates; hatched: "
            "not significant at BH q < 0.05 (or flagged)")) for a, b in pairs],
@@ -133,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     text = f"""# Reference result: the `{exp.name}` preset
 
-{names} on {envs}, {len(exp.seeds)} seeds, {exp.budget:,} environment steps per run, checkpoints at
-{', '.join(f'{int(m):,}' for m in marks)} steps (checkpoint 0 = the initial policy), {cfg.eval.n_tasks}
+{names} on {envs}, {len(exp.seeds)} seeds; {schedule} (checkpoint 0 = the initial policy); {cfg.eval.n_tasks}
 meta-test tasks x {cfg.eval.episodes_per_task} episodes per seed, {cfg.eval.n_updates} test updates. Produced by:
 
 ```bash

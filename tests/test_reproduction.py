@@ -6,6 +6,7 @@ by the library, and REPRODUCTION.md's generated block is regenerated and compare
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ DEST = ROOT / "results" / "repro-small"
 def _script():
     spec = importlib.util.spec_from_file_location("reproduction_report", ROOT / "scripts" / "reproduction_report.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
