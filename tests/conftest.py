@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 #: is built once. Tests marked ``ray`` also share one worker: one Ray instance at a time. Tests
 #: of ML45 share one worker too: building its 50 task classes (tens of seconds) is cached per
 #: process (envs.meta_world), so one worker pays it once instead of both.
-SHARED_FIXTURE_MODULES = ("test_hostile", "test_plan_status", "test_compare_cmd", "test_aggregate")
+SHARED_FIXTURE_MODULES = ("test_hostile", "test_plan_status", "test_compare_cmd", "test_aggregate", "test_metaworld_fast")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
