@@ -27,5 +27,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif item.module.__name__.rpartition(".")[2] in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-        elif "ML45" in item.name:
+        elif "ML45" in item.name or item.module.__name__.rpartition(".")[2] == "test_metaworld_reward":
+            # test_metaworld_reward builds ML45's classes in most of its tests, not only those named ML45
             item.add_marker(pytest.mark.xdist_group("ml45"))

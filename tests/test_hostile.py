@@ -272,18 +272,28 @@ def _main_in_child(argv: list[str], out: str, err: str, env: dict[str, str]) -> 
         os.close(f)
     from rlbench.cli import main
 
-    sys.exit(main(argv))
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    # The status also goes to a file: multiprocessing's forkserver reports 255 when it loses
+    # the race to read a child's status (popen_forkserver), which is not the CLI's answer.
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    Path(out).with_name("_status.txt").write_text(str(status))
+    sys.exit(code)
 
 
 def _cli_forked(ctx, argv: list[str], work: Path) -> subprocess.CompletedProcess:
-    out, err = work / "_stdout.txt", work / "_stderr.txt"
+    out, err, status = work / "_stdout.txt", work / "_stderr.txt", work / "_status.txt"
+    status.unlink(missing_ok=True)
     p = ctx.Process(target=_main_in_child, args=(argv, str(out), str(err), _env()))
     p.start()
     p.join(300)
     if p.exitcode is None:
         p.kill()
         p.join()
-    return subprocess.CompletedProcess(argv, p.exitcode, out.read_text(), err.read_text())
+    code = int(status.read_text()) if status.exists() else p.exitcode  # no file: an uncaught exception (exit 1)
+    return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
 
 
 @pytest.fixture(scope="module")
