@@ -82,8 +82,11 @@ class AlgoConfig:
 
     The per-environment fields (``learning_rate``, ``num_ppo_steps``, ``max_kl``, ``inner_lr``,
     ``eta``, ``adaptive_eta``, ``kl_target``) are set for every run from the algorithm's table
-    ``agents/hyperparams/<algo>.yaml``; their constructor defaults below are the tables' values
-    for HalfCheetahRandVel, the locomotion family default (tests/test_registry.py checks this).
+    ``agents/hyperparams/<algo>.yaml``, the only source a run takes them from. The constructor
+    defaults below are placeholders for the fields an algorithm does not read (DRS+TRPO's
+    ``learning_rate``, ...): they are written into every run's config.yaml, so they keep the
+    values they had when runs were first recorded (HalfCheetahRandVel's) and a changed literal
+    would stop ``--resume`` of existing runs; tests/test_registry.py keeps them equal to the tables.
     """
 
     # PPO outer step (DRS+PPO, ProMP)
