@@ -4,6 +4,7 @@ and derive the claims table and the noise table from the committed tables alone.
     rlbench run repro-small --out runs/repro-small
     python scripts/reproduction_report.py collect runs/repro-small results/repro-small
     python scripts/reproduction_report.py report results/repro-small --update REPRODUCTION.md
+    python scripts/reproduction_report.py restore results/repro-small runs/repro-small --env ENV_ID
 
 ``collect`` copies, per run, the raw tables needed to recompute every statistic without
 training again (config.yaml, run.json, metrics.jsonl, evaluation.csv; not checkpoints) under
@@ -14,6 +15,12 @@ and writes DEST/claims.csv, DEST/noise.csv and the markdown tables. With ``--upd
 replaces the text between the ``<!-- reproduction:begin -->`` / ``<!-- reproduction:end -->``
 markers of FILE with those tables, so REPRODUCTION.md holds no hand-typed number. The verdict of
 each claim follows fixed rules, written in :data:`RULES`.
+
+``restore`` is ``collect`` backwards, for rerunning part of a committed grid: it copies the
+committed runs of the named environments into an output directory and rebuilds each run's
+per-checkpoint evaluation parts from its evaluation.csv, accepting a part only if its sha256
+equals the one run.json recorded when the run wrote it. `rlbench run` then counts those runs
+as complete and trains only the others.
 """
 
 from __future__ import annotations
@@ -82,6 +89,41 @@ def collect(run_out: Path, dest: Path, replace: bool) -> int:
     shutil.copyfile(run_out / EXPERIMENT_FILE, dest / EXPERIMENT_FILE)
     shutil.copytree(cmp_dir, dest / COMPARISON_DIR, dirs_exist_ok=True)
     print(f"collected {len(runs)} runs ({', '.join(RAW_FILES)}) and {COMPARISON_DIR}/ into {dest}")
+    return 0
+
+
+def restore(dest: Path, run_out: Path, env_ids: list[str]) -> int:
+    slugs = {e.replace("/", "_") for e in env_ids}
+    runs = sorted(p.parent for p in (dest / RUNS_DIR).rglob(store.META_FILE)
+                  if p.parent.relative_to(dest / RUNS_DIR).parts[0] in slugs)
+    if not runs:
+        print(f"error: {dest / RUNS_DIR} holds no run of {', '.join(env_ids)}", file=sys.stderr)
+        return 2
+    plans = []
+    for r in runs:
+        meta = store.read_meta(r)
+        lines = (r / store.EVAL_FILE).read_text().splitlines(keepends=True)
+        col = lines[0].rstrip("\n").split(",").index("checkpoint")
+        parts = {}
+        for c in meta["checkpoints"]:
+            text = lines[0] + "".join(ln for ln in lines[1:] if ln.split(",")[col] == str(c["index"]))
+            if store.sha256_bytes(text.encode()) != meta.get("eval_sha256", {}).get(str(c["index"])):
+                print(f"error: {r}: checkpoint {c['index']}'s rows do not reproduce the evaluation part run.json "
+                      "recorded (sha256 differs); this run cannot be restored", file=sys.stderr)
+                return 2
+            parts[c["index"]] = text
+        target = run_out / r.relative_to(dest / RUNS_DIR)
+        if target.exists():
+            print(f"error: {target} exists; restore writes into new run directories only", file=sys.stderr)
+            return 2
+        plans.append((r, target, parts))
+    for r, target, parts in plans:
+        target.mkdir(parents=True)
+        for f in RAW_FILES:
+            shutil.copyfile(r / f, target / f)
+        for index, text in parts.items():
+            store.write_text(store.eval_part_path(target, index), text)
+    print(f"restored {len(plans)} runs of {', '.join(env_ids)} into {run_out} (evaluation parts checked by sha256)")
     return 0
 
 
@@ -383,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="claims and noise tables from a collected results folder")
     r.add_argument("dest", type=Path)
     r.add_argument("--update", type=Path, help="replace the marked block of this markdown file")
+    s = sub.add_parser("restore", help="copy committed runs back into an output directory, ready to resume the grid")
+    s.add_argument("dest", type=Path)
+    s.add_argument("run_out", type=Path)
+    s.add_argument("--env", action="append", required=True, help="an environment id whose runs to restore (repeatable)")
     args = ap.parse_args(argv)
+    if args.cmd == "restore":
+        return restore(args.dest, args.run_out, args.env)
     if args.cmd == "collect":
         return collect(args.run_out, args.dest, args.replace)
     return report(args.dest, args.update)
