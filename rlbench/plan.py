@@ -67,18 +67,8 @@ class Rate:
 available_cores = default_workers
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": available_cores(), "host": platform.node()}
+    return {"cpu": store.cpu_model(), "cores": available_cores(), "host": platform.node()}
 
 
 def default_cache_dir() -> Path:

@@ -209,6 +209,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name. Recorded in run.json: float32 learner arithmetic can round
+    differently on another CPU model (other vector kernels), so bit-identical reruns need the
+    same model (docs/protocol.md, reproducibility)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def _installed(pkg: str) -> bool:
     try:
         metadata.version(pkg)

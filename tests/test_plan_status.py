@@ -126,7 +126,7 @@ def test_calibration_is_cached_by_machine_and_versions(smoke_cache, monkeypatch)
     files = sorted((cache / "calibration").glob("*.json"))
     assert len(files) == 4
     m = json.loads(files[0].read_text())
-    assert m["key"]["cpu"] == plan.cpu_model() and m["key"]["cores"] == plan.available_cores()
+    assert m["key"]["cpu"] == store.cpu_model() and m["key"]["cores"] == plan.available_cores()
     assert m["key"]["packages"] == store.versions()
     # the smoke sampler unit is 10 x 4 x 20 = 800 steps and nothing ends early on the toy
     assert rates[(TOY, "drs-ppo")].steps_per_iteration == 800 and rates[(TOY, "promp")].steps_per_iteration == 1600

@@ -105,6 +105,9 @@ def test_evaluation_table_layout(tmp_path):
     # evaluation steps are recorded separately from the training budget
     assert meta["eval_steps"] == cfg.n_checkpoints * (ev.n_updates + 1) * ev.n_tasks * ev.episodes_per_task * cfg.sampler.horizon
     assert meta["budget_used"] == 4 * UNIT
+    # the CPU model is recorded (float32 results are bit-identical only on the same model)
+    model = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+    assert meta["cpu"] == model[0] != ""
 
 
 def test_persistent_adam_matches_torch_adam():
