@@ -292,9 +292,9 @@ def run_budgets(dest: Path) -> dict[str, int]:
 
 def rates_table(dest: Path) -> pd.DataFrame:
     """Measured training throughput of each (env, algo) in this grid (metrics.jsonl
-    ``time/iteration_s``, summed over iterations; evaluation not included), and the projected
-    core-hours of one run at the paper's budget at that rate (each run here used the
-    machine's 2 cores: the learner's 2 threads and the sampler)."""
+    ``time/iteration_s``, summed over iterations; evaluation not included), and the wall-clock
+    hours of one run at the paper's budget at that rate. The rates are as measured on the
+    machine the grid shared with other work (REPRODUCTION.md says how), not a benchmark."""
     rows = []
     for path in sorted((dest / RUNS_DIR).rglob(store.METRICS_FILE)):
         m = pd.read_json(path, lines=True)
@@ -303,7 +303,7 @@ def rates_table(dest: Path) -> pd.DataFrame:
                      "train_s": float(m["time/iteration_s"].sum())})
     df = pd.DataFrame(rows).groupby(["env_id", "algo"], sort=False).sum().reset_index()
     df["steps_per_s"] = df["steps"] / df["train_s"]
-    df["paper_run_core_h"] = PAPER_LOCOMOTION_BUDGET / df["steps_per_s"] * 2 / 3600
+    df["paper_run_hours"] = PAPER_LOCOMOTION_BUDGET / df["steps_per_s"] / 3600
     return df
 
 
@@ -314,7 +314,7 @@ def _md_table(df: pd.DataFrame, cols: list[str], heads: list[str]) -> str:
 
 
 def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.DataFrame, counts: pd.DataFrame,
-             exp: ExperimentConfig, n_tasks: int) -> str:
+             exp: ExperimentConfig, n_tasks: dict[str, int]) -> str:
     text = {c.key: c for c in CLAIMS}
     claims = claims.assign(claim_text=[f"**{k}** {text[k].text}" for k in claims["claim"]],
                            paper=[text[k].where for k in claims["claim"]])
@@ -332,7 +332,8 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
                       f"paper's {PAPER_LOCOMOTION_BUDGET:,}" for e, b in budgets.items())
     return "\n".join([
         BEGIN,
-        f"Scale: {scale}; {len(exp.seeds)} seeds; {n_tasks} meta-test tasks per seed. "
+        f"Scale: {scale}; {len(exp.seeds)} seeds; meta-test tasks per seed: "
+        f"{', '.join(f'{env_label(e)} {n}' for e, n in n_tasks.items())}. "
         f"Generated from `{dest}` by `python scripts/reproduction_report.py report {dest} --update REPRODUCTION.md`.",
         "",
         "### Over the whole grid",
@@ -359,20 +360,22 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
         ("The DRS - MAML difference after 1 test update: the median over seeds of its within-seed standard "
          "error (over the seed's meta-test tasks) and its standard deviation across seeds."),
         "",
-        _md_table(nz, ["pair_label", "checkpoint", "within", "between", "ratio"],
-                  ["environment, pair", "checkpoint (steps)", "within-seed SE", "seed-to-seed SD", "ratio"]),
+        _md_table(nz, ["pair_label", "checkpoint", "n_tasks", "within", "between", "ratio"],
+                  ["environment, pair", "checkpoint (steps)", "meta-test tasks", "within-seed SE", "seed-to-seed SD",
+                   "ratio"]),
         "",
         "### Measured training rates, and one run at the paper's budget at that rate",
         "",
         ("Training only (metrics.jsonl `time/iteration_s`, summed over the seeds' iterations; evaluation "
-         "excluded), on this grid's sampling unit; core-hours assume the 2 cores each run used here."),
+         "excluded), on this grid's sampling unit, as measured while the machine was shared (see How it ran): "
+         "for comparing algorithms within the grid, not a benchmark (`results/bench/` has those)."),
         "",
         _md_table(rates.assign(env=[env_label(e) for e in rates["env_id"]], alg=[algo_label(a) for a in rates["algo"]],
                                sps=[f"{x:,.0f}" for x in rates["steps_per_s"]],
-                               coreh=[f"{x:.1f}" for x in rates["paper_run_core_h"]]),
-                  ["env", "alg", "sps", "coreh"],
-                  ["environment", "algorithm", "env steps/s (2 cores)",
-                   f"core-hours per {PAPER_LOCOMOTION_BUDGET // 1_000_000}M-step run"]),
+                               hours=[f"{x:.1f}" for x in rates["paper_run_hours"]]),
+                  ["env", "alg", "sps", "hours"],
+                  ["environment", "algorithm", "env steps/s",
+                   f"hours per {PAPER_LOCOMOTION_BUDGET // 1_000_000}M-step run at that rate"]),
         END,
     ])
 
@@ -401,8 +404,8 @@ def report(dest: Path, update: Path | None) -> int:
     rates.to_csv(dest / "rates.csv", index=False)
     counts = counts_table(reports)
     counts.to_csv(dest / "counts.csv", index=False)
-    md = markdown(dest, claims, noise, rates, counts, exp, int(df.groupby(["env_id", "algo", "seed", "budget_mark", "test_update"])
-                                                ["task"].nunique().min()))
+    n_tasks = df.groupby(["env_id", "algo", "seed", "budget_mark", "test_update"])["task"].nunique().groupby("env_id").min()
+    md = markdown(dest, claims, noise, rates, counts, exp, {e: int(n) for e, n in n_tasks.items()})
     (dest / "claims.md").write_text(md + "\n")
     if update is not None:
         text = update.read_text()

@@ -136,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         ("study_return_contour.png", "the study figure: one panel per environment x pair, one colour scale"),
         ("study_return_summary.md", "verdicts at each checkpoint after 1 and the last test update, with CIs"),
     ])
+    n_tasks = {store.read_config(r).env_id: store.read_config(r).eval.n_tasks for r in runs}
+    tasks = (str(cfg.eval.n_tasks) if len(set(n_tasks.values())) == 1
+             else ", ".join(f"`{env_label(e)}` {n}" for e, n in sorted(n_tasks.items())))
     text = f"""# Reference result: the `{exp.name}` preset
 
-{names} on {envs}, {len(exp.seeds)} seeds; {schedule} (checkpoint 0 = the initial policy); {cfg.eval.n_tasks}
+{names} on {envs}, {len(exp.seeds)} seeds; {schedule} (checkpoint 0 = the initial policy); {tasks}
 meta-test tasks x {cfg.eval.episodes_per_task} episodes per seed, {cfg.eval.n_updates} test updates. Produced by:
 
 ```bash

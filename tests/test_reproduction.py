@@ -6,6 +6,7 @@ by the library, and REPRODUCTION.md's generated block is regenerated and compare
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,3 +90,33 @@ def test_committed_reports_and_reproduction_md_regenerate():
     block = regenerated[regenerated.index(mod.BEGIN): regenerated.index(mod.END) + len(mod.END)]
     # the block names the folder it was generated from; compare with that path normalised
     assert block.replace(str(scratch), "results/repro-small") == committed_block
+
+
+def test_restore_rebuilds_evaluation_parts_that_match_their_checksums(tmp_path, capsys):
+    """``restore`` puts committed runs back into a grid directory as complete runs; a run whose
+    rows do not reproduce the checksum run.json recorded is refused, and nothing is written."""
+    from rlbench import store
+    from rlbench.grid import is_complete
+
+    mod = _script()
+    env = "rlbench/HopperRandParams-v0"
+    out = tmp_path / "grid"
+    assert mod.main(["restore", str(DEST), str(out), "--env", env]) == 0
+    runs = sorted(p.parent for p in out.rglob(store.META_FILE))
+    assert len(runs) == 12 and all(is_complete(r) for r in runs)
+    for r in runs:  # the parts are the rows of evaluation.csv, split by checkpoint
+        parts = pd.concat([pd.read_csv(p) for p in sorted((r / store.EVAL_DIR).glob("*.csv"))], ignore_index=True)
+        pd.testing.assert_frame_equal(parts, pd.read_csv(r / store.EVAL_FILE))
+    # one changed digit in one committed row: refused, nothing written
+    bad = tmp_path / "bad"
+    rel = runs[0].relative_to(out)
+    (bad / "runs").mkdir(parents=True)
+    shutil.copytree(DEST / "runs" / rel, bad / "runs" / rel)
+    ev = bad / "runs" / rel / store.EVAL_FILE
+    lines = ev.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace(lines[1].split(",")[-3], lines[1].split(",")[-3] + "1", 1)
+    ev.write_text("".join(lines))
+    capsys.readouterr()
+    assert mod.main(["restore", str(bad), str(tmp_path / "out2"), "--env", env]) == 2
+    assert "sha256 differs" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    assert mod.main(["restore", str(DEST), str(tmp_path / "out3"), "--env", "rlbench/Nope-v0"]) == 2
