@@ -103,7 +103,6 @@ def goals_per_class() -> int:
     return int(getattr(metaworld, "_N_GOALS", 50))
 
 
-@functools.cache
 def get_benchmark(benchmark: str, benchmark_seed: int = BENCHMARK_SEED) -> Any:
     """The ``metaworld.Benchmark`` for ``benchmark`` ("ML1:push-v3", "ML10", "ML45"), built once per process.
 
@@ -111,6 +110,13 @@ def get_benchmark(benchmark: str, benchmark_seed: int = BENCHMARK_SEED) -> Any:
     (ML1 about 2 s, ML10 about 10 s, ML45 about 30 s), so the object is cached per
     (name, seed). The goals depend only on ``benchmark_seed``.
     """
+    # One cache key per (name, seed) however the seed is passed: functools.cache keys on the
+    # call's arguments, so get_benchmark("ML45") and get_benchmark("ML45", 42) were two builds.
+    return _build_benchmark(benchmark, int(benchmark_seed))
+
+
+@functools.cache
+def _build_benchmark(benchmark: str, benchmark_seed: int) -> Any:
     import metaworld
 
     benchmark_classes(benchmark)  # validates the name with a clear message

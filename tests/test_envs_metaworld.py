@@ -241,3 +241,10 @@ def test_fingerprint_records_benchmark_seed_and_horizon():
     assert fp["protocol"]["benchmark"] == "ML10" and fp["protocol"]["benchmark_seed"] == BENCHMARK_SEED
     assert fp["packages"]["metaworld"] == "3.1.1" and fp["packages"]["mujoco"] == "3.3.0"
     assert fp["dt"] == pytest.approx(0.0125)
+
+
+def test_benchmark_is_built_once_however_the_seed_is_passed():
+    """ML45 takes ~30 s to build: the per-process cache must not key on how the seed was passed."""
+    a = get_benchmark("ML1:push-v3")
+    assert get_benchmark("ML1:push-v3", BENCHMARK_SEED) is a and get_benchmark("ML1:push-v3", np.int64(BENCHMARK_SEED)) is a
+    assert get_benchmark("ML1:push-v3", BENCHMARK_SEED + 1) is not a
