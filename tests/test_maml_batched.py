@@ -38,14 +38,14 @@ def fresh_agent(cfg, sampler: Sampler, impl: str):
     return AGENTS[cfg.algo](cfg, policy, params, impl=impl)
 
 
-def compare(cfg, iterations: int, group_tasks: int, monkeypatch, rtol: float, atol: float) -> None:
+def compare(cfg, iterations: int, group_tasks: int, monkeypatch, rtol: float, atol: float, impl: str = "batched") -> None:
     """Train the reference for ``iterations`` recording every batch, replay the same batches
-    to the batched agent, and compare after every iteration."""
+    to the ``impl`` agent (default the batched one), and compare after every iteration."""
     width = max(cfg.policy.hidden_sizes)
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", group_tasks * cfg.sampler.episodes_per_task * cfg.sampler.horizon * width)
     with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
-        ref, new = fresh_agent(cfg, sampler, "reference"), fresh_agent(cfg, sampler, "batched")
+        ref, new = fresh_agent(cfg, sampler, "reference"), fresh_agent(cfg, sampler, impl)
         trainer.agent = ref
         for it in range(iterations):
             tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", it))
