@@ -17,6 +17,8 @@ the same numbers up to float rounding (tests/test_maml_batched.py, tests/test_cl
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -74,7 +76,7 @@ def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     bit from one computed on a pool thread (TRPO-MAML's conjugate gradient amplifies such
     differences). Bit-identity across thread counts is still not guaranteed (it was seen to
     hold in a fresh process and not always after other work in the same process)."""
-    if len(items) <= 1:
+    if len(items) <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):  # nested: no waiting on our own pool
         return [fn(x) for x in items]
     workers = max(1, min(torch.get_num_threads(), len(items)))
     with torch_threads(1):
@@ -82,6 +84,8 @@ def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOL_PREFIX = "maml-group"
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -90,7 +94,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     thread's first torch call), and pool threads left at the default thread count ran a
     one-thread learner's products ~100x slower (tests/test_closed_form.py timing)."""
     if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="maml-group", initializer=torch.set_num_threads, initargs=(1,))
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix=_POOL_PREFIX, initializer=torch.set_num_threads, initargs=(1,))
     return _POOLS[workers]
 
 

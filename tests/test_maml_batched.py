@@ -159,3 +159,11 @@ def test_unknown_implementation_is_rejected():
     policy = make_policy(cfg, 2, 2)
     with pytest.raises(ValueError, match="unknown MAML implementation"):
         AGENTS["promp"](cfg, policy, policy.init_params(torch.Generator().manual_seed(0)), impl="fast")
+
+
+def test_map_groups_nested_in_a_group_runs_inline(monkeypatch):
+    """The pool is persistent (agents.maml._pool): a group that maps groups itself must not
+    wait for a pool thread it occupies (one worker: that would never return)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    out = maml.map_groups(lambda x: sum(maml.map_groups(lambda y: y * x, [1, 2])), [1, 2, 3])
+    assert out == [3, 6, 9]
