@@ -202,3 +202,11 @@ def test_analytic_trpo_maml_training_equals_reference(K, estimator, monkeypatch)
     """Three training iterations replayed on the same batches: the same parameters and logged
     metrics as the reference implementation (damping 1.0 as in test_maml_batched)."""
     compare(config("trpo-maml", K, estimator, cg_damping=1.0), 3, 2, monkeypatch, rtol=1e-7, atol=1e-10, impl="analytic")
+
+
+@pytest.mark.slow
+def test_analytic_equals_reference_halfcheetah_float32(monkeypatch):
+    """The paper's network and dtype on HalfCheetahRandVel, 6 tasks x 2 episodes x 200 steps
+    in groups of 4 and 2: one TRPO-MAML iteration equal up to float32 rounding."""
+    cfg = config("trpo-maml", 1, "second-order", env="rlbench/HalfCheetahRandVel-v0", dtype="float32", tasks=6, episodes=2)
+    compare(cfg, 1, 4, monkeypatch, rtol=2e-4, atol=1e-6, impl="analytic")
