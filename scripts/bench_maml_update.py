@@ -8,12 +8,13 @@ the outer update). The sampler is idle during the replay, so with ``--threads 1`
 is the learner's own work, comparable between implementations on a machine shared with other
 jobs (the wall time is not). Each implementation is replayed ``--repeats`` times, in turn.
 
-    python scripts/bench_maml_update.py --algos trpo-maml promp --impls analytic batched
+    python scripts/bench_maml_update.py --impls analytic batched
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ import time
 
 import torch
 
-from agents import maml
+from agents import maml, registry
 from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
 from rlbench import config, presets, seeding
@@ -69,7 +70,8 @@ def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: in
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
-    p.add_argument("--algos", nargs="+", default=["trpo-maml", "promp"], choices=["trpo-maml", "promp"])
+    maml_algos = [k for k in registry.keys() if "impl" in inspect.signature(AGENTS[k]).parameters]  # the MAML learners
+    p.add_argument("--algos", nargs="+", default=maml_algos, choices=maml_algos)
     p.add_argument("--impls", nargs="+", default=list(maml.IMPLS[:2]), choices=list(maml.IMPLS))
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
     p.add_argument("--threads", type=int, default=1, help="learner torch threads")
