@@ -2,19 +2,23 @@
 with an outer learner: ProMP (PPO-clip + KL penalty, Adam) and TRPO-MAML (TRPO step with
 Fisher-vector products taken through the inner steps). docs/protocol.md section 4.
 
-Two implementations of the same update (``impl``): ``"reference"`` differentiates whole-batch
-losses with autograd, exactly as written in the protocol; ``"batched"`` (the default) splits
+Three implementations of the same update (``impl``): ``"reference"`` differentiates whole-batch
+losses with autograd, exactly as written in the protocol; ``"batched"`` splits
 the tasks into groups of a few MB of activations (:func:`task_chunks`), runs the groups on
 as many threads as the learner has (:func:`map_groups`) and sums their per-task terms. It
 also shares forward passes the maths allows (ProMP: the pre-adaptation mean feeds the inner
 loss and the KL penalty, the old policy's mean is computed once for all Adam steps; TRPO-MAML:
 Hessian-vector graphs built once per group for all conjugate-gradient steps, one adaptation
-per line-search candidate). Both give the same numbers up to float rounding
-(tests/test_maml_batched.py).
+per line-search candidate). ``"analytic"`` (the default) is ``"batched"`` with TRPO-MAML's
+gradient and Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
+(agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code). All give
+the same numbers up to float rounding (tests/test_maml_batched.py, tests/test_closed_form.py).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents import metagrad
+from agents import closed_form, metagrad
 from agents.advantages import TensorBatch, compute_advantages, to_tensors
 from agents.config import AgentConfig
 from agents.core import (
@@ -49,9 +53,10 @@ from agents.policy import GaussianMLPPolicy, Params, expand_params, torch_thread
 #: arithmetic at the paper's batch shape (40 tasks x 4000 transitions x 64).
 CHUNK_ELEMENTS = 1 << 20
 
-#: ``impl`` of the MAML learners: "batched" (default) or "reference" (the straightforward
-#: whole-batch autograd implementation, kept as the oracle of tests/test_maml_batched.py).
-IMPLS = ("batched", "reference")
+#: ``impl`` of the MAML learners: "analytic" (default), "batched", or "reference" (the
+#: straightforward whole-batch autograd implementation, kept as the oracle of
+#: tests/test_maml_batched.py and tests/test_closed_form.py).
+IMPLS = ("analytic", "batched", "reference")
 
 
 def task_chunks(n_tasks: int, per_task: int, width: int) -> list[slice]:
@@ -71,11 +76,26 @@ def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     bit from one computed on a pool thread (TRPO-MAML's conjugate gradient amplifies such
     differences). Bit-identity across thread counts is still not guaranteed (it was seen to
     hold in a fresh process and not always after other work in the same process)."""
-    if len(items) <= 1:
+    if len(items) <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):  # nested: no waiting on our own pool
         return [fn(x) for x in items]
     workers = max(1, min(torch.get_num_threads(), len(items)))
-    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
+    with torch_threads(1):
+        return list(_pool(workers).map(fn, items))
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOL_PREFIX = "maml-group"
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A persistent pool of ``workers`` threads, each set to one torch thread when it starts.
+    A fresh pool per call cost more than a small group's work (thread start-up and each new
+    thread's first torch call), and pool threads left at the default thread count ran a
+    one-thread learner's products ~100x slower (tests/test_closed_form.py timing)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix=_POOL_PREFIX, initializer=torch.set_num_threads, initargs=(1,))
+    return _POOLS[workers]
 
 
 def _sum_all(parts: list[Params]) -> Params:
@@ -99,7 +119,7 @@ class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
     sampling rounds go through the shared sampler and are charged to the budget."""
 
-    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "analytic"):
         super().__init__(cfg, policy, params)
         if impl not in IMPLS:
             raise ValueError(f"unknown MAML implementation {impl!r} (known: {', '.join(IMPLS)})")
@@ -151,6 +171,13 @@ class MAMLBase(LearnerBase):
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
         return [inner_loss_fn(self.inner_loss, self.policy, tb) for tb in inner]
 
+    def inner_point(self, phi: Params, tb: TensorBatch) -> closed_form.LossAt:
+        """The inner loss on ``tb`` at stacked ``phi`` in closed form (its gradient and exact
+        Hessian-vector products): the same loss as :meth:`inner_losses`, -task_mean(f(log pi) A)
+        with f the identity (log-likelihood) or the likelihood ratio."""
+        weight = -tb.mask * tb.advantages / tb.mask.sum(-1, keepdim=True).clamp_min(1)
+        return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None)
+
     def chunks(self, tb: TensorBatch) -> list[slice]:
         """Task groups of the batched implementation. One group for the Hessian-free estimator:
         its finite-difference radius is set by the norm of the vector over *all* tasks, so
@@ -177,8 +204,9 @@ class ProMP(MAMLBase):
     algo = "promp"
     inner_loss = staticmethod(lr_surrogate)  # -mean(pi / pi_old * A): ProMP's likelihood-ratio inner loss
     inner_loss_of_logp = staticmethod(lr_surrogate_of_logp)
+    inner_is_ratio = True
 
-    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "batched"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "analytic"):
         super().__init__(cfg, policy, params, impl)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.algo_cfg.learning_rate)
         self.eta = cfg.algo_cfg.eta
@@ -322,10 +350,11 @@ class TRPOMAML(MAMLBase):
     algo = "trpo-maml"
     inner_loss = staticmethod(loglik_loss)  # -mean(log pi * A): the log-likelihood inner loss
     inner_loss_of_logp = staticmethod(loglik_loss_of_logp)
+    inner_is_ratio = False
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         inner, post, stats = self.sample_rounds(collect, tasks)
-        build = self.reference_problem if self.impl == "reference" else self.batched_problem
+        build = {"reference": self.reference_problem, "batched": self.batched_problem, "analytic": self.analytic_problem}[self.impl]
         a = self.cfg.algo_cfg
         res = trpo_step(*build(inner, post, len(tasks)), a, a.max_kl)
         with torch.no_grad():
@@ -388,6 +417,78 @@ class TRPOMAML(MAMLBase):
                 phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
                 with torch.no_grad():
                     return grp["surrogate"](phi), grp["kl"](phi)
+
+            loss = kl = 0.0
+            for loss_c, kl_c in map_groups(one, groups):
+                loss = loss + loss_c
+                kl = kl + kl_c
+            cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
+            return loss, kl
+
+        return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
+
+    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+        """The same TRPO problem as :meth:`batched_problem`, with the derivatives the conjugate
+        gradient repeats written in closed form (agents/closed_form.py): each group keeps the
+        forward and backward passes of its inner losses at the fixed inner-step points and the
+        forward pass of the old adapted policy on its post-adaptation episodes; a Fisher-vector
+        product is then a tangent pass through the inner steps (exact Hessian-vector products),
+        the KL's Hessian at the old adapted policy (Gauss-Newton form, exact there: the KL's
+        gradient vanishes) and the transposed pass back. The line search shares one forward pass
+        between a candidate's loss and KL and the old adapted policy's mean across candidates.
+        The Hessian-free estimator (whose radius is set by the whole batch) uses
+        :meth:`batched_problem`."""
+        if self.estimator == "hessian-free":
+            return self.batched_problem(inner, post, T)
+        old = {k: v.detach().clone() for k, v in self.params.items()}
+        exact = self.estimator == "second-order"
+
+        def build(c: slice) -> dict[str, Any]:
+            inner_c = [tb.tasks(c) for tb in inner]
+            losses = self.inner_losses(inner_c)
+            post_c = post.tasks(c)
+            phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
+            points = [self.inner_point(phis[k], tb) for k, tb in enumerate(inner_c)] if exact else None
+            net = closed_form.MLPAt(self.policy, phis[-1], post_c.obs)
+            per_task = post_c.mask / post_c.mask.sum(-1, keepdim=True).clamp_min(1) / T
+            surrogate = closed_form.LossAt(self.policy, phis[-1], post_c.obs, post_c.actions, -per_task * post_c.advantages,
+                                           post_c.logp_old, net=net)
+            return {"losses": losses, "phis": phis, "post": post_c, "n": post_c.n_tasks, "net": net, "kl_weight": per_task,
+                    "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None}
+
+        groups = map_groups(build, self.chunks(post))
+
+        def pull(grp: dict, v: Params) -> Params:
+            return _sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
+
+        g = _sum_all(map_groups(lambda grp: pull(grp, grp["g_out"]), groups))
+
+        def fvp(v: Params) -> Params:
+            def one(grp: dict) -> Params:
+                u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
+                ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
+                return pull(grp, closed_form.kl_fisher_vp(grp["net"], grp["kl_weight"], ju))
+
+            return _sum_all(map_groups(one, groups))
+
+        cache: dict[str, Any] = {}
+
+        def evaluate(theta: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            """(surrogate, KL) of the policies adapted from ``theta`` (one adaptation and one
+            forward pass for both)."""
+            if "theta" in cache and all(torch.equal(theta[k], cache["theta"][k]) for k in theta):
+                return cache["value"]
+            at_old = all(torch.equal(theta[k], old[k]) for k in theta)
+
+            def one(grp: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
+                p, net = grp["post"], grp["net"]
+                with torch.no_grad():
+                    mu = net.mu if at_old else self.policy.mean(phi, p.obs)
+                    ratio = torch.exp(self.policy.log_prob_of_mean(phi, mu, p.actions) - p.logp_old)
+                    loss = -p.task_mean(ratio * p.advantages).sum() / T
+                    kl = p.task_mean(self.policy.kl_of_means(grp["phis"][-1], net.mu, phi, mu)).sum() / T
+                return loss, kl
 
             loss = kl = 0.0
             for loss_c, kl_c in map_groups(one, groups):

@@ -8,8 +8,8 @@ grid on a cluster of ``--cluster-cores`` cores.
 
     python scripts/bench_iterations.py --envs rlbench/HalfCheetahRandVel-v0 --algos promp trpo-maml
 
-``--impls batched reference`` also times the MAML learners' reference implementation
-(agents/maml.py ``impl``) in the same run. Every row runs in a fresh process, so its
+``--impls analytic batched reference`` times the MAML learners' implementations side by side
+(agents/maml.py ``impl``; the first is the default) in the same run. Every row runs in a fresh process, so its
 ``peak_rss_mb`` is that row's own peak (``self``: the learner and, for the threaded
 backends, the sampler; ``children``: sampler worker processes). ``loadavg`` is the machine's
 1-minute load average before and after the row (the machine may be shared).
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from agents import registry
+from agents import maml, registry
 from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
 from rlbench import config, presets, seeding
@@ -48,7 +48,7 @@ def _has_impls(algo: str) -> bool:
     return "impl" in inspect.signature(AGENTS[algo]).parameters
 
 
-def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int, impl: str = "batched") -> dict:
+def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int, impl: str = maml.IMPLS[0]) -> dict:
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
     cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads or cfg.torch_threads)
@@ -92,7 +92,7 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
     """Paper-preset cost from measured steps/s (per run: budget / steps_per_s x workers cores)."""
     out = {}
     for r in rows:
-        if r.get("impl") == "reference":
+        if r.get("impl") not in ("-", maml.IMPLS[0]):  # project the default implementation only
             continue
         budget = presets.FAMILIES[presets.family_of(r["env"])].budget
         wall_h = budget / r["steps_per_s"] / 3600
@@ -114,14 +114,14 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="learner torch threads (0 = the preset's fixed count)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--cluster-cores", type=int, default=64)
-    p.add_argument("--impls", nargs="+", default=["batched"], choices=["batched", "reference"],
+    p.add_argument("--impls", nargs="+", default=[maml.IMPLS[0]], choices=list(maml.IMPLS),
                    help="MAML learner implementations to time (agents/maml.py)")
     p.add_argument("--out")
     a = p.parse_args()
     rows = []
     for env_id in a.envs:
         for algo in a.algos:
-            for impl in a.impls if _has_impls(algo) else ["batched"]:
+            for impl in a.impls if _has_impls(algo) else [maml.IMPLS[0]]:
                 rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     result = {"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}

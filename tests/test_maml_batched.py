@@ -38,14 +38,14 @@ def fresh_agent(cfg, sampler: Sampler, impl: str):
     return AGENTS[cfg.algo](cfg, policy, params, impl=impl)
 
 
-def compare(cfg, iterations: int, group_tasks: int, monkeypatch, rtol: float, atol: float) -> None:
+def compare(cfg, iterations: int, group_tasks: int, monkeypatch, rtol: float, atol: float, impl: str = "batched") -> None:
     """Train the reference for ``iterations`` recording every batch, replay the same batches
-    to the batched agent, and compare after every iteration."""
+    to the ``impl`` agent (default the batched one), and compare after every iteration."""
     width = max(cfg.policy.hidden_sizes)
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", group_tasks * cfg.sampler.episodes_per_task * cfg.sampler.horizon * width)
     with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
-        ref, new = fresh_agent(cfg, sampler, "reference"), fresh_agent(cfg, sampler, "batched")
+        ref, new = fresh_agent(cfg, sampler, "reference"), fresh_agent(cfg, sampler, impl)
         trainer.agent = ref
         for it in range(iterations):
             tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", it))
@@ -159,3 +159,11 @@ def test_unknown_implementation_is_rejected():
     policy = make_policy(cfg, 2, 2)
     with pytest.raises(ValueError, match="unknown MAML implementation"):
         AGENTS["promp"](cfg, policy, policy.init_params(torch.Generator().manual_seed(0)), impl="fast")
+
+
+def test_map_groups_nested_in_a_group_runs_inline(monkeypatch):
+    """The pool is persistent (agents.maml._pool): a group that maps groups itself must not
+    wait for a pool thread it occupies (one worker: that would never return)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    out = maml.map_groups(lambda x: sum(maml.map_groups(lambda y: y * x, [1, 2])), [1, 2, 3])
+    assert out == [3, 6, 9]

@@ -1,0 +1,98 @@
+"""CPU time of the MAML learners' update alone, per implementation, on the same recorded batch.
+
+Samples one iteration's rounds (pre-adaptation, post-adaptation) at the protocol's batch shape
+(or ``--fraction`` of its tasks) once, then replays exactly those batches to a fresh agent of
+each ``impl`` (agents/maml.py) and measures the process CPU time and the wall time of its
+``train_iteration`` (everything an iteration does besides sampling: advantages, inner steps,
+the outer update). The sampler is idle during the replay, so with ``--threads 1`` the CPU time
+is the learner's own work, comparable between implementations on a machine shared with other
+jobs (the wall time is not). Each implementation is replayed ``--repeats`` times, in turn.
+
+    python scripts/bench_maml_update.py --impls analytic batched
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import time
+
+import torch
+
+from agents import maml, registry
+from agents.core import DTYPES
+from agents.registry import AGENTS, make_policy
+from rlbench import config, presets, seeding
+from rlbench.sampler import Sampler
+from rlbench.trainer import Trainer
+
+
+def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: int, repeats: int) -> list[dict]:
+    cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
+    tasks_n = max(1, round(cfg.sampler.meta_batch_size * fraction))
+    cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks_n))
+    torch.set_num_threads(threads)
+
+    def fresh(impl: str):
+        policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
+        params = policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype])
+        return AGENTS[algo](cfg, policy, params, impl=impl)
+
+    with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
+        trainer = Trainer(cfg, sampler)
+        tasks = trainer.tasks.sample(tasks_n, seeding.generator(cfg.seed, "train-tasks", 0))
+        log: list = []
+
+        def record(tasks_, params):
+            log.append(trainer.collect(tasks_, params))
+            return log[-1]
+
+        fresh(impls[0]).train_iteration(record, tasks)
+    rows = []
+    for rep in range(repeats):
+        for impl in impls:
+            agent = fresh(impl)
+            replay = iter(log)
+            load = os.getloadavg()[0]
+            c0, w0 = time.process_time(), time.perf_counter()
+            metrics = agent.train_iteration(lambda tasks_, params, replay=replay: next(replay), tasks)
+            cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            rows.append({"env": env_id, "algo": algo, "impl": impl, "repeat": rep, "tasks": tasks_n, "torch_threads": threads,
+                         "update_cpu_s": cpu, "update_wall_s": wall, "loadavg": [load, os.getloadavg()[0]],
+                         "loss_after": metrics.get("train/loss", metrics.get("train/outer_loss"))})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
+    maml_algos = [k for k in registry.keys() if "impl" in inspect.signature(AGENTS[k]).parameters]  # the MAML learners
+    p.add_argument("--algos", nargs="+", default=maml_algos, choices=maml_algos)
+    p.add_argument("--impls", nargs="+", default=list(maml.IMPLS[:2]), choices=list(maml.IMPLS))
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
+    p.add_argument("--threads", type=int, default=1, help="learner torch threads")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out")
+    a = p.parse_args()
+    if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
+        print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
+        return 2
+    rows = [r for algo in a.algos for r in bench(a.env, algo, a.impls, a.fraction, a.threads, a.repeats)]
+    summary = {}
+    for algo in a.algos:
+        cpu = {impl: min(r["update_cpu_s"] for r in rows if r["algo"] == algo and r["impl"] == impl) for impl in a.impls}
+        summary[algo] = {"min_update_cpu_s": cpu, "cpu_ratio_to_" + a.impls[-1]: {i: cpu[i] / cpu[a.impls[-1]] for i in a.impls}}
+    text = json.dumps({"command": " ".join(sys.argv), "rows": rows, "summary": summary}, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
