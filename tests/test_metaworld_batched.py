@@ -33,22 +33,10 @@ def _same(what: str, a: np.ndarray, b: np.ndarray) -> None:
 
 
 def _plain(env_id: str, horizon: int, version: str) -> MetaWorldMetaEnv:
-    """The reference: the plain meta-env; under reward "v1" its inner env is the package class
-    built with that version (MetaWorldMetaEnv builds the package default)."""
-    env = envs.make_meta_env(env_id, horizon=horizon)
-    assert type(env) is MetaWorldMetaEnv
-    if version != "v2":
-        build = env._ensure_inner
-
-        def ensure(name, _build=build):
-            inner = _build(name)
-            if inner.reward_function_version != version:
-                inner = type(inner)(reward_function_version=version)
-                inner.max_path_length = env.horizon
-                env._inner = inner
-            return inner
-
-        env._ensure_inner = ensure
+    """The reference: the plain meta-env with that reward version (its inner env is the package
+    class built with it; under "v1" its success flag follows the v2 criterion, as the project's)."""
+    env = envs.make_meta_env(env_id, horizon=horizon, reward_function_version=version)
+    assert type(env) is MetaWorldMetaEnv and env.reward_function_version == version
     return env
 
 
