@@ -46,8 +46,9 @@ mujoco_batched.threaded = True  # type: ignore[attr-defined]
 
 
 def metaworld_batched(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
-    """Meta-World with push-v3 and reach-v3 stepped batched (observation, reward and success
-    vectorised per class) and every other class by the fast path
+    """Meta-World with the classes of :data:`envs.metaworld_batched.VECTORISED` (seven of the ten
+    ML10 train classes) stepped batched (observation, reward and success vectorised per class)
+    and every other class by the fast path
     (:class:`envs.metaworld_batched.BatchedMetaWorldStepper`); bit-identical to ``"gym"``.
     """
     from envs.metaworld_batched import BatchedMetaWorldStepper
@@ -79,7 +80,7 @@ metaworld_fast.supports = _supports_metaworld  # type: ignore[attr-defined]
 PATHS = {
     "gym": "one MetaEnv per slot (Meta-World: the package's own env.step)",
     "mujoco-batched": "batched mujoco (envs.locomotion_batched)",
-    "metaworld-batched": "push/reach batched, other classes fast path (envs.metaworld_batched)",
+    "metaworld-batched": "7 ML10 classes batched, other classes fast path (envs.metaworld_batched)",
     "metaworld-fast": "fast path + reset cache (envs.metaworld_fast)",
 }
 
