@@ -92,7 +92,9 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
     """Paper-preset cost from measured steps/s (per run: budget / steps_per_s x workers cores)."""
     out = {}
     for r in rows:
-        if r.get("impl") not in ("-", maml.IMPLS[0]):  # project the default implementation only
+        # One row per (env, algo): the first, which is the default implementation (--impls lists
+        # it first). Files recorded before implementations were named have no "impl" key.
+        if f"{r['env']}:{r['algo']}" in out or r.get("impl") == "reference":
             continue
         budget = presets.FAMILIES[presets.family_of(r["env"])].budget
         wall_h = budget / r["steps_per_s"] / 3600

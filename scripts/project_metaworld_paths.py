@@ -93,10 +93,29 @@ def main(argv: list[str] | None = None) -> int:
         "projection_before": it["projection"],
     }
     text = json.dumps(result, indent=2)
-    print(text)
     with open(a.out, "w") as f:
         f.write(text + "\n")
+    print(table(result))
     return 0
+
+
+def table(result: dict) -> str:
+    """The README table: per Meta-World environment, the speedup used and each algorithm's run
+    wall hours on 2 cores (before -> after), then the whole grid."""
+    algos = ("drs-ppo", "promp", "drs-trpo", "trpo-maml")
+    before, after = result["projection_before"], result["projection"]
+    lines = ["| env | sampler speedup | " + " | ".join(algos) + " |", "|---|---|" + "---|" * len(algos)]
+    for env, s in result["speedups"].items():
+        name = env.split("/")[-1].removesuffix("-v0")
+        note = " (ML10's)" if "note" in s else ""
+        cells = [f"{before['per_run'][f'{env}:{x}']['run_wall_h']} -> {after['per_run'][f'{env}:{x}']['run_wall_h']}"
+                 for x in algos if f"{env}:{x}" in after["per_run"]]
+        lines.append(f"| {name} | {s['speedup']:.2f}{note} | " + " | ".join(cells) + " |")
+    cores = next(k for k in after if k.startswith("grid_wall_h_on_"))
+    lines += ["", f"Whole grid ({after['seeds']} seeds): {before['grid_core_h_measured_pairs']:,} -> "
+              f"{after['grid_core_h_measured_pairs']:,} core-hours, {before.get(cores, 0):g} -> {after[cores]:g} h on "
+              f"{cores.removeprefix('grid_wall_h_on_').removesuffix('_cores')} cores."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
