@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 def table(result: dict) -> str:
     """The README table: per Meta-World environment, the speedup used and each algorithm's run
     wall hours on 2 cores (before -> after), then the whole grid."""
-    algos = ("drs-ppo", "promp", "drs-trpo", "trpo-maml")
     before, after = result["projection_before"], result["projection"]
+    algos = list(dict.fromkeys(k.rsplit(":", 1)[1] for k in after["per_run"]))  # in the recorded order
     lines = ["| env | sampler speedup | " + " | ".join(algos) + " |", "|---|---|" + "---|" * len(algos)]
     for env, s in result["speedups"].items():
         name = env.split("/")[-1].removesuffix("-v0")
