@@ -14,11 +14,12 @@ import dataclasses
 import pytest
 import torch
 from test_maml_batched import compare, config, fresh_agent
+from test_metagrad import make_theta
 
 from agents import closed_form, maml, metagrad
 from agents.advantages import TensorBatch
 from agents.core import as_stacked, trpo_step
-from agents.policy import GaussianMLPPolicy, flat, stack_params
+from agents.policy import GaussianMLPPolicy, flat
 
 F64 = torch.float64
 T = 3
@@ -27,14 +28,7 @@ POLICY = GaussianMLPPolicy(obs_dim=3, act_dim=2, hidden_sizes=(5, 4), init_std=1
 
 
 def stacked_theta(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ps = []
-    for _ in range(T):
-        p = {k: v.detach() for k, v in POLICY.init_params(g, F64).items()}
-        for v in p.values():
-            v.add_(0.3 * torch.randn(v.shape, generator=g, dtype=F64))
-        ps.append(p)
-    return stack_params(ps)
+    return make_theta(seed, POLICY, T)
 
 
 def batch(params, seed: int, n: int = 20) -> TensorBatch:

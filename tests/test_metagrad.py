@@ -31,11 +31,12 @@ POLICY = GaussianMLPPolicy(obs_dim=2, act_dim=1, hidden_sizes=(3,), init_std=1.0
 # -- problem 1: a tiny policy ---------------------------------------------------------------------
 
 
-def make_theta(seed: int = 0) -> dict[str, torch.Tensor]:
+def make_theta(seed: int = 0, policy: GaussianMLPPolicy = POLICY, n_tasks: int = T) -> dict[str, torch.Tensor]:
+    """Random stacked [n_tasks, ...] float64 parameters (perturbed initialisations)."""
     g = torch.Generator().manual_seed(seed)
     ps = []
-    for _ in range(T):
-        p = {k: v.detach() for k, v in POLICY.init_params(g, F64).items()}
+    for _ in range(n_tasks):
+        p = {k: v.detach() for k, v in policy.init_params(g, F64).items()}
         for v in p.values():
             v.add_(0.3 * torch.randn(v.shape, generator=g, dtype=F64))
         ps.append(p)
