@@ -124,7 +124,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
     store.write_json(run_dir / store.META_FILE, {
         "env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed, "status": "created",
         "comparability": comparability(cfg), "versions": store.versions(), "git_commit": store.git_commit(),
-        "cpu": store.cpu_model(), "budget": cfg.budget, "budget_used": 0, "iterations": 0, "wall_time_s": 0.0, "eval_steps": 0,
+        "cpu": store.cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "budget": cfg.budget, "budget_used": 0, "iterations": 0, "wall_time_s": 0.0, "eval_steps": 0,
         "checkpoints": [],
     })
     return False

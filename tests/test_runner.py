@@ -108,6 +108,8 @@ def test_evaluation_table_layout(tmp_path):
     # the CPU model is recorded (float32 results are bit-identical only on the same model)
     model = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
     assert meta["cpu"] == model[0] != ""
+    # ... and the vector instruction set torch's kernels dispatch to (the model name can be generic)
+    assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "VSX", "ZVECTOR", "AVX2", "AVX512", "SVE256")
 
 
 def test_persistent_adam_matches_torch_adam():
