@@ -98,6 +98,26 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOLS[workers]
 
 
+def _memoised_problem(old: Params, groups: list[dict], one: Callable, g: Params, fvp: Callable) -> TRPOProblem:
+    """The TRPO problem (old, loss, KL, gradient, fvp) whose loss and KL are the sums over task
+    groups of ``one(group, theta, at_old)``, computed once per ``theta`` (the line search asks
+    for both at each candidate)."""
+    cache: dict[str, Any] = {}
+
+    def evaluate(theta: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        if "theta" in cache and all(torch.equal(theta[k], cache["theta"][k]) for k in theta):
+            return cache["value"]
+        at_old = all(torch.equal(theta[k], old[k]) for k in theta)
+        loss = kl = 0.0
+        for loss_c, kl_c in map_groups(lambda grp: one(grp, theta, at_old), groups):
+            loss = loss + loss_c
+            kl = kl + kl_c
+        cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
+        return loss, kl
+
+    return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
+
+
 def _sum_all(parts: list[Params]) -> Params:
     total = None
     for g in parts:
@@ -405,27 +425,13 @@ class TRPOMAML(MAMLBase):
 
             return _sum_all(map_groups(one, groups))
 
-        cache: dict[str, Any] = {}
+        def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation for both)."""
+            phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
+            with torch.no_grad():
+                return grp["surrogate"](phi), grp["kl"](phi)
 
-        def evaluate(theta: Params) -> tuple[torch.Tensor, torch.Tensor]:
-            """(surrogate, KL) of the policies adapted from ``theta`` (one adaptation for both)."""
-            if "theta" in cache and all(torch.equal(theta[k], cache["theta"][k]) for k in theta):
-                return cache["value"]
-            at_old = all(torch.equal(theta[k], old[k]) for k in theta)
-
-            def one(grp: dict) -> tuple[torch.Tensor, torch.Tensor]:
-                phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
-                with torch.no_grad():
-                    return grp["surrogate"](phi), grp["kl"](phi)
-
-            loss = kl = 0.0
-            for loss_c, kl_c in map_groups(one, groups):
-                loss = loss + loss_c
-                kl = kl + kl_c
-            cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
-            return loss, kl
-
-        return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
+        return _memoised_problem(old, groups, one, g, fvp)
 
     def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
         """The same TRPO problem as :meth:`batched_problem`, with the derivatives the conjugate
@@ -471,33 +477,18 @@ class TRPOMAML(MAMLBase):
 
             return _sum_all(map_groups(one, groups))
 
-        cache: dict[str, Any] = {}
-
-        def evaluate(theta: Params) -> tuple[torch.Tensor, torch.Tensor]:
-            """(surrogate, KL) of the policies adapted from ``theta`` (one adaptation and one
-            forward pass for both)."""
-            if "theta" in cache and all(torch.equal(theta[k], cache["theta"][k]) for k in theta):
-                return cache["value"]
-            at_old = all(torch.equal(theta[k], old[k]) for k in theta)
-
-            def one(grp: dict) -> tuple[torch.Tensor, torch.Tensor]:
-                phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
-                p, net = grp["post"], grp["net"]
-                with torch.no_grad():
-                    mu = net.mu if at_old else self.policy.mean(phi, p.obs)
-                    ratio = torch.exp(self.policy.log_prob_of_mean(phi, mu, p.actions) - p.logp_old)
-                    loss = -p.task_mean(ratio * p.advantages).sum() / T
-                    kl = p.task_mean(self.policy.kl_of_means(grp["phis"][-1], net.mu, phi, mu)).sum() / T
-                return loss, kl
-
-            loss = kl = 0.0
-            for loss_c, kl_c in map_groups(one, groups):
-                loss = loss + loss_c
-                kl = kl + kl_c
-            cache["theta"], cache["value"] = {k: v.clone() for k, v in theta.items()}, (loss, kl)
+        def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation and one forward pass for both)."""
+            phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
+            p, net = grp["post"], grp["net"]
+            with torch.no_grad():
+                mu = net.mu if at_old else self.policy.mean(phi, p.obs)
+                ratio = torch.exp(self.policy.log_prob_of_mean(phi, mu, p.actions) - p.logp_old)
+                loss = -p.task_mean(ratio * p.advantages).sum() / T
+                kl = p.task_mean(self.policy.kl_of_means(grp["phis"][-1], net.mu, phi, mu)).sum() / T
             return loss, kl
 
-        return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
+        return _memoised_problem(old, groups, one, g, fvp)
 
     def reference_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
         """Whole-batch autograd (the oracle of the batched implementation)."""
