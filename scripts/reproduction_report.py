@@ -26,6 +26,7 @@ as complete and trains only the others.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from rlbench import config, stats, store
+import envs
+from rlbench import config, seeding, stats, store
 from rlbench.plots import algo_label, env_label
 from rlbench.settings import ExperimentConfig
 from rlbench.store import COMPARISON_DIR, EXPERIMENT_FILE
@@ -260,8 +262,40 @@ def counts_table(reports: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def task_covariate(env_id: str, seed: int, n_tasks: int) -> np.ndarray | None:
+    """The meta-test tasks' one scalar parameter (e.g. the goal velocity), recomputed from the
+    seed as the evaluator draws them; None when a task has more or fewer than one float field."""
+    tasks = envs.get_task_distribution(env_id).test_tasks(n_tasks, seeding.generator(seed, "test-tasks"))
+    fields = [f.name for f in dataclasses.fields(tasks[0])] if dataclasses.is_dataclass(tasks[0]) else []
+    if len(fields) != 1 or not isinstance(getattr(tasks[0], fields[0]), float):
+        return None
+    return np.array([getattr(t, fields[0]) for t in tasks])
+
+
+def _covariate_r2(df: pd.DataFrame, env_id: str, a: str, b: str, mark: int) -> float:
+    """Median over seeds of the share of the per-task DRS - MAML differences' variance (after 1
+    test update) that a straight line in the task's scalar parameter explains; NaN without one."""
+    keys = ["seed", "task"]
+    sel = df[(df["env_id"] == env_id) & (df["budget_mark"] == mark) & (df["test_update"] == 1)]
+    d = (sel[sel["algo"] == a].set_index(keys)["return"] - sel[sel["algo"] == b].set_index(keys)["return"]).dropna()
+    r2 = []
+    for seed, ds in d.groupby(level="seed"):
+        ds = ds.droplevel("seed").sort_index()
+        x = task_covariate(env_id, int(seed), int(ds.index.max()) + 1)
+        if x is None:
+            return float("nan")
+        r2.append(sps.pearsonr(x[ds.index.to_numpy()], ds.to_numpy()).statistic ** 2)
+    return float(np.median(r2))
+
+
 def noise_table(reports: dict, diffs: dict, df: pd.DataFrame) -> pd.DataFrame:
-    """Within-seed standard error against seed-to-seed spread, after 1 test update, per checkpoint."""
+    """Within-seed standard error against seed-to-seed spread, after 1 test update, per checkpoint.
+
+    The observed variance across seeds of a seed's difference d_s is the variance of the seeds'
+    true differences plus the mean within-seed variance SE_s^2 (each seed draws its own meta-test
+    tasks), so ``eval_share`` = mean(SE^2) / var(d_s) is the share of the observed spread that
+    the task sample alone accounts for, and ``seed_sd_beyond_eval`` = sqrt(max(0, var(d_s) -
+    mean(SE^2))) the moment estimate of the spread between seeds' true differences."""
     scores = stats.seed_scores(df, "return")
     rows = []
     for (env_id, a, b), rep in sorted(reports.items()):
@@ -269,11 +303,15 @@ def noise_table(reports: dict, diffs: dict, df: pd.DataFrame) -> pd.DataFrame:
         for mark in sorted(m for m in rep["budget_mark"].unique() if m > 0):
             c = d[(d["env_id"] == env_id) & (d["budget_mark"] == mark) & (d["test_update"] == 1)]
             sc = scores[(scores["env_id"] == env_id) & (scores["budget_mark"] == mark) & (scores["test_update"] == 1)]
+            var_d, mean_se2 = float(c["d"].var(ddof=1)), float((c["se"] ** 2).mean())
             rows.append({
                 "env_id": env_id, "pair": f"{a}:{b}", "budget_mark": int(mark),
                 "n_tasks": int(c["n_tasks"].min()), "n_seeds": int(c["seed"].nunique()),
                 "diff_within_se_median": float(c["se"].median()),
-                "diff_between_seed_sd": float(c["d"].std(ddof=1)),
+                "diff_between_seed_sd": float(np.sqrt(var_d)),
+                "eval_share": mean_se2 / var_d if var_d > 0 else float("inf"),
+                "seed_sd_beyond_eval": float(np.sqrt(max(0.0, var_d - mean_se2))),
+                "task_param_r2": _covariate_r2(df, env_id, a, b, int(mark)),
                 "score_within_se_median": float(sc[sc["algo"].isin([a, b])]["within_se"].median()),
                 "score_between_seed_sd_mean": float(sc[sc["algo"].isin([a, b])].groupby("algo")["score"]
                                                     .std(ddof=1).mean()),
@@ -326,6 +364,9 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
         between=[f"{x:.3g}" for x in noise["diff_between_seed_sd"]],
         ratio=[f"{w / b:.2f}" if b > 0 else "n/a" for w, b in
                zip(noise["diff_within_se_median"], noise["diff_between_seed_sd"])],
+        share=[f"{x:.2f}" for x in noise["eval_share"]],
+        beyond=[f"{x:.3g}" for x in noise["seed_sd_beyond_eval"]],
+        r2=["n/a" if np.isnan(x) else f"{x:.2f}" for x in noise["task_param_r2"]],
     )
     budgets = run_budgets(dest)
     scale = "; ".join(f"{env_label(e)} {b:,} environment steps per run = {b / PAPER_LOCOMOTION_BUDGET:.3%} of the "
@@ -358,11 +399,18 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
         "### Noise: within-seed standard error against seed-to-seed spread",
         "",
         ("The DRS - MAML difference after 1 test update: the median over seeds of its within-seed standard "
-         "error (over the seed's meta-test tasks) and its standard deviation across seeds."),
+         "error (over the seed's meta-test tasks) and its standard deviation across seeds. Each seed draws its "
+         "own meta-test tasks, so the observed seed-to-seed variance is the true seeds' variance plus the mean "
+         "within-seed variance: *evaluation share* = mean(SE^2) / (seed-to-seed SD)^2 is the part of the "
+         "observed spread that the task sample alone accounts for (1 or more: the seeds differ no more than "
+         "their task samples do), and *beyond evaluation* = sqrt(max(0, SD^2 - mean(SE^2))) estimates the "
+         "spread of the seeds' true differences. *R^2, task parameter*: the median over seeds of the share of "
+         "the per-task differences' variance explained by a straight line in the task's one scalar parameter "
+         "(the goal velocity; n/a when a task has several)."),
         "",
-        _md_table(nz, ["pair_label", "checkpoint", "n_tasks", "within", "between", "ratio"],
+        _md_table(nz, ["pair_label", "checkpoint", "n_tasks", "within", "between", "ratio", "share", "beyond", "r2"],
                   ["environment, pair", "checkpoint (steps)", "meta-test tasks", "within-seed SE", "seed-to-seed SD",
-                   "ratio"]),
+                   "ratio", "evaluation share", "seed SD beyond evaluation", "R^2, task parameter"]),
         "",
         "### Measured training rates, and one run at the paper's budget at that rate",
         "",
