@@ -21,8 +21,14 @@ from envs.testing import check_meta_env, temporary_meta_env
 _FAMILY_MARKS = {"locomotion": [pytest.mark.mujoco], "metaworld": [pytest.mark.metaworld]}
 
 
+#: Building ML45 (50 classes x 50 goals, metaworld's own resets) takes about 30 s: its tests are
+#: slow checks (python -m pytest -q -m slow); ML10 runs the same code in the fast suite.
+SLOW_IDS = {"rlbench/ML45-v0"}
+
+
 def _params():
-    return [pytest.param(i, marks=_FAMILY_MARKS.get(envs.entry(i).family, []), id=i) for i in envs.env_ids()]
+    return [pytest.param(i, marks=[*_FAMILY_MARKS.get(envs.entry(i).family, []), *([pytest.mark.slow] if i in SLOW_IDS else [])],
+                         id=i) for i in envs.env_ids()]
 
 
 @pytest.mark.parametrize("env_id", _params())

@@ -37,7 +37,8 @@ EXPECTED = {
     "rlbench/ML10-v0": ("ML10", ML10_TRAIN, ML10_TEST, 500, 250),
     "rlbench/ML45-v0": ("ML45", None, ML45_TEST, 2250, 250),
 }
-IDS = list(EXPECTED)
+# ML45's benchmark takes about 30 s to build: its cases are slow checks (python -m pytest -q -m slow).
+IDS = [pytest.param(i, marks=pytest.mark.slow, id=i) if i == "rlbench/ML45-v0" else i for i in EXPECTED]
 
 
 def _bench(env_id: str):

@@ -8,6 +8,9 @@ it, joins a fresh worker node, and checks that the grid finishes, that the kille
 retried, and that every evaluation table equals a local run's byte for byte. Every process it
 starts is killed at the end by process group and id, also on failure; ``ray stop`` is never
 used (it stops every Ray process on the machine, including other users').
+
+The two tests that start a cluster are marked ``slow`` (about two minutes together):
+``python -m pytest -q -m slow tests/test_ray_cluster.py``.
 """
 
 from __future__ import annotations
@@ -231,6 +234,7 @@ def _runs(out: Path) -> list[Path]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~95 s on one core: python -m pytest -q -m slow tests/test_ray_cluster.py
 @pytest.mark.timeout(420)
 def test_two_node_cluster_survives_a_killed_worker_node(cluster, tmp_path):
     from rlbench import config
@@ -336,6 +340,7 @@ def test_malformed_ray_address_fails_on_one_line(tmp_path, capsys, bad, needle):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # starts a two-node cluster too
 @pytest.mark.timeout(300)
 def test_head_refusing_the_client_fails_on_one_line(cluster, tmp_path):
     """A live head with token authentication: no token, a wrong token -> one line naming the fix."""

@@ -32,9 +32,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlbench.cli", *argv], capture_output=True, text=True, timeout=300, env=_env(),
-                          check=False)
+def _main(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """The CLI's ``main`` in this process, as a CompletedProcess (exit status, stdout, stderr).
+    The tests below need a separate process only for the one they kill or make hold a lock;
+    the interpreter start of ``python -m rlbench.cli`` is checked in tests/test_hostile.py."""
+    capsys.readouterr()
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(argv), code, out.out, out.err)
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -94,9 +99,9 @@ HOLD_AND_TRAIN = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("command", ["train", "run"])
-def test_second_writer_exits_2_while_the_first_holds_the_directory(tmp_path, command):
-    """Two real processes on one --out: the second exits 2 naming the other process, writes
-    nothing; the first then completes normally."""
+def test_second_writer_exits_2_while_the_first_holds_the_directory(tmp_path, capsys, command):
+    """Two processes on one --out (the first a real CLI process, the second this one): the
+    second exits 2 naming the other process, writes nothing; the first then completes normally."""
     out = tmp_path / "out"
     if command == "train":
         argv = [*TRAIN, "--out", str(out)]
@@ -111,7 +116,7 @@ def test_second_writer_exits_2_while_the_first_holds_the_directory(tmp_path, com
     try:
         assert first.stdout.readline().strip() == "holding"
         before = tree(out)
-        second = _cli(*argv, *(["--resume"] if command == "train" else []))
+        second = _main(capsys, *argv, *(["--resume"] if command == "train" else []))
         assert second.returncode == 2, second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "another process" in second.stderr, second.stderr
         assert tree(out) == before
@@ -123,18 +128,18 @@ def test_second_writer_exits_2_while_the_first_holds_the_directory(tmp_path, com
         first.wait()
 
 
-def test_lock_of_a_killed_process_does_not_block_resume(tmp_path):
+def test_lock_of_a_killed_process_does_not_block_resume(tmp_path, capsys):
     run = tmp_path / "r"
     assert main([*TRAIN, "--out", str(run), "--max-iterations", "1"]) == 0
     code = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('x', flush=True); sys.stdin.read()"
     holder = subprocess.Popen([sys.executable, "-c", code, str(locking.lock_path(run))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     assert holder.stdout.readline().strip() == "x"
-    res = _cli(*TRAIN, "--out", str(run), "--resume")
+    res = _main(capsys, *TRAIN, "--out", str(run), "--resume")
     assert res.returncode == 2 and "another process" in res.stderr
     holder.kill()
     holder.wait()
-    res = _cli(*TRAIN, "--out", str(run), "--resume")
+    res = _main(capsys, *TRAIN, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert store.read_meta(run)["status"] == "finished"
 
@@ -189,13 +194,13 @@ KILL_DURING_STATE_WRITE = textwrap.dedent("""
 
 
 
-def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path):
+def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path, capsys):
     """SIGKILL at a fixed point (the 3rd state.pt, written but not yet renamed; the metrics
     line of that iteration already appended): the resumed run removes the temporary file,
     drops the extra metrics line, and ends identical to an uninterrupted run. The killed
     process's sampler workers exit on their own."""
     base = [*TRAIN, "--workers", "2"]
-    assert _cli(*base, "--out", str(tmp_path / "ref")).returncode == 0
+    assert main([*base, "--out", str(tmp_path / "ref")]) == 0
     run, pids = tmp_path / "killed", tmp_path / "pids"
     res = subprocess.run([sys.executable, "-c", KILL_DURING_STATE_WRITE, "3", str(pids), *base, "--out", str(run)],
                          capture_output=True, text=True, env=_env(), timeout=300, check=False)
@@ -206,7 +211,7 @@ def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path):
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2
     assert wait_exited(workers, timeout=15) == []
-    res = _cli(*base, "--out", str(run), "--resume")
+    res = _main(capsys, *base, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert not list(run.rglob(f"*{store.TMP_SUFFIX}"))
     assert metrics_without_time(run) == metrics_without_time(tmp_path / "ref")
@@ -290,7 +295,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_ends_with_one_line_and_intact_files(tmp_path, small_tmpfs):
+def test_disk_full_ends_with_one_line_and_intact_files(tmp_path, small_tmpfs, capsys):
     """A run resumed on a nearly full file system: exit 1, one line naming the file, every
     file still loadable, no temporary files; after space is freed the resume completes and
     equals an uninterrupted run."""
@@ -301,7 +306,7 @@ def test_disk_full_ends_with_one_line_and_intact_files(tmp_path, small_tmpfs):
     free = shutil.disk_usage(small_tmpfs).free
     filler = small_tmpfs / "filler"
     filler.write_bytes(b"\0" * (free - 4096))  # less room than one more state.pt + checkpoint
-    res = _cli(*TRAIN, "--out", str(run), "--resume")
+    res = _main(capsys, *TRAIN, "--out", str(run), "--resume")
     assert res.returncode == 1, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "No space left on device" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
@@ -310,13 +315,13 @@ def test_disk_full_ends_with_one_line_and_intact_files(tmp_path, small_tmpfs):
     store.load_torch(run / store.STATE_FILE)
     store.read_jsonl(run / store.METRICS_FILE)
     filler.unlink()
-    res = _cli(*TRAIN, "--out", str(run), "--resume")
+    res = _main(capsys, *TRAIN, "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr
     assert metrics_without_time(run) == metrics_without_time(ref)
     assert same_params(run / store.STATE_FILE, ref / store.STATE_FILE)
 
 
-def test_read_only_destination_ends_with_one_line(tmp_path):
+def test_read_only_destination_ends_with_one_line(tmp_path, capsys):
     """A finished run on a read-only bind mount: evaluate and resume exit 2 with one line and
     change nothing; a new run under it fails the same way."""
     src = tmp_path / "src"
@@ -330,7 +335,7 @@ def test_read_only_destination_ends_with_one_line(tmp_path):
         before = tree(src)
         for argv in (["evaluate", str(ro / "r"), "--quiet"], [*TRAIN, "--out", str(ro / "r"), "--resume"],
                      [*TRAIN, "--out", str(ro / "new")]):
-            res = _cli(*argv)
+            res = _main(capsys, *argv)
             assert res.returncode in (1, 2), res.stderr
             assert len(res.stderr.strip().splitlines()) == 1 and "Read-only file system" in res.stderr, res.stderr
             assert "Traceback" not in res.stderr

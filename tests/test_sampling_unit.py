@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -258,33 +257,40 @@ def test_defaults_unit_steps_and_horizon_treated_as_terminal():
         presets.run_config(HOPPER, "drs-ppo", 1, overrides={"sampler": {"unit": "episodes", "keep_tails": True}})
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rlbench.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+def _cli(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI's ``main`` in this process (tests/test_hostile.py checks that a new interpreter
+    gives the same exit status and message)."""
+    from rlbench import cli
+
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
 
 
 @pytest.mark.parametrize(("setting", "key"), [("sampler.unit=slots", "sampler.unit"),
                                               ("sampler.keep_tails=true", "keep_tails")])
-def test_bad_unit_is_one_line_exit_2_and_writes_nothing(tmp_path, setting, key):
+def test_bad_unit_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setting, key):
     out = tmp_path / "run"
     over = [] if key == "sampler.unit" else ["--set", "sampler.unit=episodes"]
-    p = _cli("train", "--env", POINT, "--algo", "drs-ppo", "--seed", "1", "--budget", "20000", "--out", str(out),
+    p = _cli(capsys, "train", "--env", POINT, "--algo", "drs-ppo", "--seed", "1", "--budget", "20000", "--out", str(out),
              "--set", setting, *over)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and key in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
 
 
-def test_compare_refuses_runs_with_different_units(tmp_path):
+def test_compare_refuses_runs_with_different_units(tmp_path, capsys):
     from rlbench import cli
 
     common = ["--env", POINT, "--seed", "1", "--budget", "3200", "--set", "sampler.meta_batch_size=4",
               "--set", "sampler.episodes_per_task=2", "--set", "sampler.n_workers=0", "--set", "n_checkpoints=2",
               "--set", "eval.n_tasks=2", "--set", "eval.n_updates=1", "--set", "torch_threads=1"]
-    for algo, unit in (("drs-ppo", "steps"), ("promp", "episodes")):  # in-process: only compare's exit is tested
+    for algo, unit in (("drs-ppo", "steps"), ("promp", "episodes")):
         d = tmp_path / "runs" / algo
         assert cli.main(["train", "--algo", algo, *common, "--set", f"sampler.unit={unit}", "--out", str(d), "--quiet"]) == 0
         assert cli.main(["evaluate", str(d), "--quiet"]) == 0
-    p = _cli("compare", str(tmp_path / "runs"), "--pair", "drs-ppo:promp", "--out", str(tmp_path / "cmp"))
+    p = _cli(capsys, "compare", str(tmp_path / "runs"), "--pair", "drs-ppo:promp", "--out", str(tmp_path / "cmp"))
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "sampler.unit" in p.stderr
 
