@@ -31,14 +31,14 @@ warning, where mj_step goes on.) Equal batches across backends are a design requ
 backend carries the warm start itself.
 
 What one call per step would save: ``scripts/bench_step_calls.py`` (one thread, process CPU
-time, 200 slots) puts the three binding calls at ~2.4 us per slot and step against ~0.2 us
-inside one rollout call over all slots, i.e. ~5% of a HalfCheetah slot-step (~44 us); the
-rest of a step is physics. One rollout call per slot (nbatch 1 on the slot's own MjData,
-whose ``qacc_warmstart`` survives the call) keeps the warm start and the bits but costs
-more than the three calls per slot-step, physics included (same script; 200 MjData instead of
-one per thread). ``scripts/bench_sampler.py
---configs ... mujoco-batched-rollout/all`` runs the (not bit-identical) one-call-per-step
-variant in the sampler.
+time, 200 slots, results/bench/step_calls_*.json) puts the three binding calls at 2.3-2.4 us
+per slot and step against 0.13-0.16 us inside one rollout call over all slots: ~2.2 us, i.e.
+6-7% of a HalfCheetah slot-step (~33 us of CPU) and 1-3% on Walker/Hopper (75-270 us). One
+rollout call per slot (nbatch 1 on the slot's own MjData, whose ``qacc_warmstart`` survives
+the call) keeps the warm start and the bits but costs more than the three calls, both in
+calls alone (2.6-3.2 us) and physics included. ``scripts/bench_sampler.py --configs ...
+mujoco-batched-rollout/all`` runs the (not bit-identical) one-call-per-step variant in the
+sampler.
 
 Threads: ``mj_step`` releases the GIL, so ``threads > 1`` steps disjoint chunks of the
 active slots in parallel, each thread with its own scratch MjData. Results do not depend on

@@ -12,6 +12,10 @@ minimum over repeats reported:
                     warm starts with three_calls).
 ``rollout_batched`` ONE ``mujoco.rollout`` call over all slots per environment step (nthread 0):
                     no warm start comes back, so NOT bit-identical (``bit_identical_state``).
+``three_calls_zero_warmstart`` the three calls with each slot's warm start zeroed before every
+                    env step: the same physics as rollout_batched, bit for bit
+                    (``rollout_batched_equals_three_calls_zero_warmstart``), so the pair
+                    separates the cost of the calls from the cost of solving without a warm start.
 
 Each variant runs twice: with frame_skip substeps (``us_per_slot_step``) and with 0 substeps
 (``us_per_slot_calls_only``: the calls and argument conversion alone, no physics).
@@ -54,7 +58,7 @@ class Setup:
         self.warm = slice(w, w + m.nv)
 
 
-def three_calls(s: Setup, nstep: int):
+def three_calls(s: Setup, nstep: int, zero_warmstart: bool = False):
     x = s.state0.copy()
     rows = list(x)
     d = mujoco.MjData(s.st.model)
@@ -63,6 +67,8 @@ def three_calls(s: Setup, nstep: int):
     def run() -> np.ndarray:
         for a in s.actions:
             x[:, s.st._ctrl] = a
+            if zero_warmstart:
+                x[:, s.warm] = 0.0
             for m, r in zip(s.models, rows):
                 set_state(m, d, r, STATE_SPEC)
                 step(m, d, nstep)
@@ -123,7 +129,12 @@ def rollout_batched(s: Setup, nstep: int):
     return run
 
 
-VARIANTS = {"three_calls": three_calls, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched}
+def three_calls_zero_warmstart(s: Setup, nstep: int):
+    return three_calls(s, nstep, zero_warmstart=True)
+
+
+VARIANTS = {"three_calls": three_calls, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
+            "three_calls_zero_warmstart": three_calls_zero_warmstart}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,6 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
         "us_per_slot_calls_only": {k: min(runs[f"{k}/0"]) for k in VARIANTS},
         # final time, qpos, qvel, act (and warm start) after --steps env steps, against three_calls
         "bit_identical_state": {k: bool(np.array_equal(v[:, : s.nfull], ref[:, : s.nfull])) for k, v in finals.items()},
+        # the same physics as rollout_batched, made by the three calls: isolates the calls' cost
+        "rollout_batched_equals_three_calls_zero_warmstart": bool(np.array_equal(
+            finals["rollout_batched"][:, : s.nfull], finals["three_calls_zero_warmstart"][:, : s.nfull])),
         "bit_identical_warmstart": {"rollout_per_slot": bool(np.array_equal(finals["rollout_per_slot"][:, s.warm], ref[:, s.warm])),
                                     "rollout_batched": None},
         "all_runs_us": runs,

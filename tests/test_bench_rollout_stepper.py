@@ -124,6 +124,8 @@ def test_bench_step_calls_per_slot_rollout_keeps_the_bits(capsys):
     spec.loader.exec_module(calls)
     r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1"])
     assert r["bit_identical_state"]["rollout_per_slot"] and r["bit_identical_warmstart"]["rollout_per_slot"]
+    assert r["rollout_batched_equals_three_calls_zero_warmstart"]
+    assert not r["bit_identical_state"]["three_calls_zero_warmstart"]  # the warm start matters (Hopper: at once)
     assert set(r["us_per_slot_step"]) == set(r["us_per_slot_calls_only"]) == set(calls.VARIANTS)
     with pytest.raises(SystemExit) as e:
         calls.main(["--env", "PointGoal"])
