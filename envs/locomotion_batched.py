@@ -20,12 +20,25 @@ the final ``qacc_warmstart``, so calling it once per environment step restarts t
 solver from zero acceleration at every step, unlike the gym environment whose ``MjData``
 carries the warm start. The solver then converges to a slightly different point within its
 tolerance, and on HalfCheetah the difference grows to O(1) in the observations within 200
-steps (measured: max |obs difference| 9.2 on one episode; on the RK4 Walker/Hopper models
-about 1e-13 after 10-20 steps). Equal batches across backends are a design requirement
+steps (max |obs difference| 8.7 over 8 episodes; on the RK4 Walker/Hopper models 1e-15 to
+1e-14 after one step, 1e-11 to 1e-7 after 200).
+The warm start is the only difference: with it disabled in the models, one rollout call per
+step gives these exact bits (tests/test_bench_rollout_stepper.py, which also checks the
+drift with it on). Upstream rollout.cc (newest commit checked: 2026-08-22) still returns
+only the mjSTATE_FULLPHYSICS state. (Rollout also stops stepping a trajectory after a MuJoCo
+warning, where mj_step goes on.) Equal batches across backends are a design requirement
 (DESIGN.md, principle 1: one sampler, the backend must be invisible to agents), so this
-backend carries the warm start itself. Against a multi-threaded rollout over the same
-slots it costs ~1-2 us of Python per slot and step (three binding calls); the benchmark
-``scripts/bench_sampler.py`` reports both.
+backend carries the warm start itself.
+
+What one call per step would save: ``scripts/bench_step_calls.py`` (one thread, process CPU
+time, 200 slots, results/bench/step_calls_*.json) puts the three binding calls at 2.3-2.4 us
+per slot and step against 0.13-0.16 us inside one rollout call over all slots: ~2.2 us, i.e.
+6-7% of a HalfCheetah slot-step (~33 us of CPU) and 1-3% on Walker/Hopper (75-270 us). One
+rollout call per slot (nbatch 1 on the slot's own MjData, whose ``qacc_warmstart`` survives
+the call) keeps the warm start and the bits but costs more than the three calls, both in
+calls alone (2.6-3.2 us) and physics included. ``scripts/bench_sampler.py --configs ...
+mujoco-batched-rollout/all`` runs the (not bit-identical) one-call-per-step variant in the
+sampler.
 
 Threads: ``mj_step`` releases the GIL, so ``threads > 1`` steps disjoint chunks of the
 active slots in parallel, each thread with its own scratch MjData. Results do not depend on

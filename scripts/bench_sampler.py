@@ -26,7 +26,16 @@ For each environment:
     backend "all workers" means threads in one process (its default) and, for comparison,
     worker processes with one thread each (``mujoco-batched-processes``). The first collect
     of a gym-backend sampler is a warm-up (it builds the environment pool) and is not timed;
-    the batched backend has nothing to warm up.
+    the batched backend has nothing to warm up. ``--configs`` picks the lines; the optional
+    ``mujoco-batched-rollout`` line (:class:`RolloutStepper`, NOT bit-identical, measurement
+    only) makes the batched stepper's physics with one ``mujoco.rollout`` call per
+    environment step; its episodes drift from the exact ones (no warm start out of rollout),
+    so its replay ratio compares it with the physics of the exact backend's episodes.
+
+Per CPU second: lines that run in this process (the threaded backends, 1-worker lines, the
+replay) also report ``steps_per_cpu_s`` (``*_per_cpu_s`` for the replay): env steps per
+second of this process's CPU time (all its threads), which other load on the machine
+changes less than wall-clock rates; ``c_over_replay_per_cpu_s_same_threads`` divides them.
 
 Every line is measured --repeats times, all lines of an environment interleaved (a change
 of background load hits them alike), and the best rate is reported; every rate is kept
@@ -70,6 +79,7 @@ from mujoco import rollout
 import envs
 from agents.policy import GaussianMLPPolicy
 from envs.locomotion import RandParamsTask
+from envs.locomotion_batched import BatchedLocomotionStepper
 from rlbench import backends
 from rlbench.sampler import STEPPERS, Sampler, default_workers
 
@@ -82,6 +92,57 @@ TIME_BUDGET = 0.5  # seconds per mj_step / gym-loop measurement
 def _processes_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
     """The batched stepper behind worker processes, one thread each (not registered outside this script)."""
     return backends.mujoco_batched(env_id, horizon, env_kwargs, threads=1)
+
+
+class RolloutStepper(BatchedLocomotionStepper):
+    """MEASUREMENT ONLY, NOT bit-identical: the batched stepper with its physics made by ONE
+    ``mujoco.rollout`` call per environment step for all active slots (nstep = frame_skip,
+    the action held for every substep, models per slot for rand-params tasks, the rollout's
+    own C++ thread pool with the GIL released) instead of three binding calls per slot.
+
+    ``mujoco.rollout`` (3.3.0, and upstream to date) takes ``initial_warmstart`` but returns
+    only the full-physics state, never the final ``qacc_warmstart``; so the constraint solver
+    of every step starts from zero acceleration instead of the previous step's, and the
+    episodes drift away from the gym environment's (HalfCheetah: O(1) in the observations
+    within 200 steps). With the warm start disabled in the models the two agree bit for bit
+    (tests/test_bench_rollout_stepper.py), so the warm start is the only difference. This
+    line shows what one C call per step would buy if rollout returned the warm start; the
+    ``mujoco-batched`` backend does not use it. Registered by this script only.
+    """
+
+    def __init__(self, env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+        super().__init__(env_id, horizon, env_kwargs, threads=1)  # no Python thread pool
+        self.threads = max(1, int(threads))
+        nthread = self.threads if self.threads > 1 else 0
+        self._rollout = rollout.Rollout(nthread=nthread)
+        self._datas = [mujoco.MjData(self.model) for _ in range(max(nthread, 1))]
+        # FULLPHYSICS = time, qpos, qvel, act (+ plugin state: none in these models) is the
+        # leading part of the STATE_SPEC row (components are stored in bit order).
+        self.nfull = mujoco.mj_stateSize(self.model, int(mujoco.mjtState.mjSTATE_FULLPHYSICS))
+        assert self.nfull == 1 + self.nq + self.nv + self.model.na
+
+    def _physics(self, idx: np.ndarray) -> None:
+        s = self._state[idx]
+        models = [self._models[i] for i in idx.tolist()] if self._models else [self.model] * idx.size
+        state0 = np.ascontiguousarray(s[:, : self.nfull])
+        ctrl = np.ascontiguousarray(np.repeat(s[:, None, self._ctrl], self.frame_skip, axis=1))
+        out = np.empty((idx.size, self.frame_skip, self.nfull))
+        # skip_checks: shapes are right by construction; spares the wrapper's per-model checks.
+        self._rollout.rollout(models, self._datas, state0, ctrl, nstep=self.frame_skip, state=out, skip_checks=True)
+        self._state[idx, : self.nfull] = out[:, -1]
+
+    def close(self) -> None:
+        super().close()
+        if self._rollout is not None:
+            self._rollout.close()
+            self._rollout = None
+
+
+def _rollout_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+    return RolloutStepper(env_id, horizon, env_kwargs, threads=threads)
+
+
+_rollout_backend.threaded = True  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------
@@ -203,18 +264,29 @@ class _Timed:
             self.sampler.collect(self.tasks, episodes, self.actor, np.random.default_rng(0))
             self.warmup_s = time.perf_counter() - t0
         self.rates: list[float] = []
+        # Process CPU time covers the sampler's work only when it runs in this process (a
+        # threaded backend, or one worker); worker processes' CPU is not counted, so no such line.
+        self.in_process = self.sampler.threaded or n_workers == 1
+        self.cpu_rates: list[float] = []
         self.steps = 0
         self.last: tuple[Any, int] | None = None  # (batch, rng seed) of the last timed collect
 
     def measure(self, rep: int) -> None:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1))
-        self.rates.append(batch.env_steps / (time.perf_counter() - t0))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.rates.append(batch.env_steps / wall)
+        if self.in_process:
+            self.cpu_rates.append(batch.env_steps / cpu)
         self.steps = batch.env_steps
         self.last = (batch, rep + 1)
 
     def result(self) -> dict[str, Any]:
-        return {"steps_per_s": max(self.rates), "all": self.rates, "env_steps_per_batch": self.steps, "warmup_s": self.warmup_s}
+        out = {"steps_per_s": max(self.rates), "all": self.rates, "env_steps_per_batch": self.steps, "warmup_s": self.warmup_s}
+        if self.cpu_rates:
+            out["steps_per_cpu_s"] = max(self.cpu_rates)
+            out["all_per_cpu_s"] = self.cpu_rates
+        return out
 
 
 def replay_limits(env_id: str, timed: _Timed, rng_seed: int, batch) -> dict[str, Any]:
@@ -249,19 +321,21 @@ def replay_limits(env_id: str, timed: _Timed, rng_seed: int, batch) -> dict[str,
     out: dict[str, Any] = {}
     for nthread, key in ((0, "replay_1thread"), (2, "replay_2threads")):
         datas = [mujoco.MjData(stepper.model) for _ in range(max(nthread, 1))]
-        exact, elapsed = True, 0.0
+        exact, elapsed, cpu = True, 0.0, 0.0
         with rollout.Rollout(nthread=nthread) as r:
             for length in np.unique(lengths):
                 idx = np.flatnonzero(lengths == length)
                 ctrl = np.repeat(env_actions[idx, :length], fs, axis=1)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 states, _ = r.rollout([models[i] for i in idx], datas, state0[idx], ctrl,
                                       initial_warmstart=warm0[idx], nstep=int(length) * fs)
                 elapsed += time.perf_counter() - t0
+                cpu += time.process_time() - c0
                 final = states[:, -1]
                 qpos, qvel = final[:, 1 : 1 + stepper.nq], final[:, 1 + stepper.nq : 1 + stepper.nq + stepper.nv]
                 exact &= bool(np.array_equal(observation(stepper.spec, qpos, qvel), last_obs[idx]))
         out[key] = float(lengths.sum()) / elapsed
+        out[f"{key}_per_cpu_s"] = float(lengths.sum()) / cpu
         out[f"{key}_reproduces_batch"] = exact
     return out
 
@@ -271,6 +345,57 @@ def replay_limits(env_id: str, timed: _Timed, rng_seed: int, batch) -> dict[str,
 
 def _env_id(name: str) -> str:
     return name if name.startswith("rlbench/") else f"rlbench/{name}-v0"
+
+
+#: (c) sampler lines, "backend/workers" ("all" = --workers); the default set is the first five.
+CONFIGS = ["gym/1", "gym/all", "mujoco-batched/1", "mujoco-batched/all", "mujoco-batched-processes/all",
+           "mujoco-batched-rollout/1", "mujoco-batched-rollout/all"]
+DEFAULT_CONFIGS = CONFIGS[:5]
+LOCOMOTION_ONLY = ("mujoco-batched", "mujoco-batched-processes", "mujoco-batched-rollout")
+
+
+def _configs(names: list[str], workers: int, locomotion: bool) -> list[tuple[str, int]]:
+    """(backend, n_workers) of the --configs lines that apply to an environment, in order, no repeats."""
+    out: list[tuple[str, int]] = []
+    for name in names:
+        backend, nw = name.split("/")
+        if backend in LOCOMOTION_ONLY and not locomotion:
+            continue
+        cfg = (backend, workers if nw == "all" else int(nw))
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def _per_repeat(line: list[float], replay: list[float]) -> dict[str, Any]:
+    """Ratios of one line to the replay measured in the same repeat (right after it), and their median."""
+    r = [x / y for x, y in zip(line, replay)]
+    return {"per_repeat": r, "median": float(np.median(r))}
+
+
+def _ratios(c: dict[str, Any], a: dict[str, Any], b: dict[str, float], a_runs: dict[str, list]) -> dict[str, Any]:
+    """Every (c) line over (b) and (a); the replay ratios at the same thread count (2 threads for
+    any count above one), wall clock and, for in-process lines, per CPU second: best over best,
+    and per repeat (the line over the replay of the same repeat) with their median."""
+    out: dict[str, Any] = {}
+    for key, v in c.items():
+        nw = int(key.split("/")[1])
+        suffix = "2threads" if nw > 1 else "1thread"
+        r = {
+            "c_over_b_wrapped": v["steps_per_s"] / b["wrapped"],
+            "c_over_b_unwrapped": v["steps_per_s"] / b["unwrapped"],
+            "c_over_a_mj_step_x_workers": v["steps_per_s"] / (a["mj_step_1core"] * nw),
+            "c_over_rollout_same_threads": v["steps_per_s"] / a[f"rollout_400_{suffix}"],
+        }
+        if f"replay_{suffix}" in a:
+            r["c_over_replay_same_threads"] = v["steps_per_s"] / a[f"replay_{suffix}"]
+            r["c_over_replay_same_threads_repeats"] = _per_repeat(v["all"], a_runs[f"replay_{suffix}"])
+            if "steps_per_cpu_s" in v:
+                r["c_over_replay_per_cpu_s_same_threads"] = v["steps_per_cpu_s"] / a[f"replay_{suffix}_per_cpu_s"]
+                r["c_over_replay_per_cpu_s_same_threads_repeats"] = _per_repeat(
+                    v["all_per_cpu_s"], a_runs[f"replay_{suffix}_per_cpu_s"])
+        out[key] = r
+    return out
 
 
 def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -283,11 +408,12 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
         n_tasks, episodes = max(1, round(PAPER_TASKS * args.fraction)), PAPER_EPISODES
     horizon = envs.entry(env_id).max_episode_steps
     res: dict[str, Any] = {"batch": {"tasks": n_tasks, "episodes_per_task": episodes, "horizon": horizon}}
-    configs = [("gym", 1), ("gym", workers)]
-    if not metaworld and STEPPERS["mujoco-batched"].supports(env_id):
-        configs += [("mujoco-batched", 1), ("mujoco-batched", workers), ("mujoco-batched-processes", workers)]
+    locomotion = not metaworld and STEPPERS["mujoco-batched"].supports(env_id)
+    configs = _configs(args.configs, workers, locomotion)
     print(f"[{env_id}] starting {len(configs)} samplers", file=sys.stderr, flush=True)
     timed = {f"{backend}/{nw}": _Timed(env_id, backend, nw, n_tasks, episodes) for backend, nw in configs}
+    # The replay follows the episodes of an exact batched line (all its thread counts give the same batch).
+    replay_key = next((k for k in ("mujoco-batched/1", f"mujoco-batched/{workers}") if k in timed), None)
     a_runs: dict[str, list[float]] = {}
     b_runs: dict[str, list[float]] = {"wrapped": [], "unwrapped": []}
     try:
@@ -299,10 +425,9 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
             b_runs["unwrapped"].append(gym_loop(env_id, unwrapped=True))
             for t in timed.values():
                 t.measure(rep)
-            batched = timed.get("mujoco-batched/1")
-            if batched is not None:  # the physics of the episodes just collected
-                batch, seed = batched.last
-                for k, v in replay_limits(env_id, batched, seed, batch).items():
+            if replay_key is not None:  # the physics of the episodes just collected
+                batch, seed = timed[replay_key].last
+                for k, v in replay_limits(env_id, timed[replay_key], seed, batch).items():
                     a_runs.setdefault(k, []).append(v)
     finally:
         for t in timed.values():
@@ -314,21 +439,7 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
     res["b_gym_loop"] = b
     res["c_sampler"] = c
     res["all_runs"] = {"a": a_runs, "b": b_runs}
-    res["ratios"] = {
-        key: {
-            "c_over_b_wrapped": v["steps_per_s"] / b["wrapped"],
-            "c_over_b_unwrapped": v["steps_per_s"] / b["unwrapped"],
-            "c_over_a_mj_step_x_workers": v["steps_per_s"] / (a["mj_step_1core"] * int(key.split("/")[1])),
-            "c_over_rollout_same_threads": v["steps_per_s"]
-            / (a["rollout_400_2threads"] if int(key.split("/")[1]) > 1 else a["rollout_400_1thread"]),
-            **(
-                {"c_over_replay_same_threads": v["steps_per_s"]
-                 / (a["replay_2threads"] if int(key.split("/")[1]) > 1 else a["replay_1thread"])}
-                if "replay_1thread" in a else {}
-            ),
-        }
-        for key, v in c.items()
-    }
+    res["ratios"] = _ratios(c, a, b, a_runs)
     return res
 
 
@@ -457,9 +568,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--mw-envs", nargs="+", default=None, help="(d) labels to run (default: ML1-Push ML1-Reach and ML10:<class> for each ML10 train class)")
     p.add_argument("--mw-backends", nargs="+", default=MW_BACKENDS, help="(d) sampler backends")
     p.add_argument("--mw-seconds", type=float, default=2.0, help="(d) seconds per package-loop measurement")
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=CONFIGS, metavar="BACKEND/WORKERS",
+                   help=f"(c) sampler lines, 'all' = --workers (choices: {' '.join(CONFIGS)}; default: the first five)")
     args = p.parse_args(argv)
     workers = args.workers or default_workers()
     STEPPERS["mujoco-batched-processes"] = _processes_backend  # fork: workers inherit it
+    STEPPERS["mujoco-batched-rollout"] = _rollout_backend  # measurement only: not bit-identical
     rng = np.random.default_rng(0)
     wall0, cpu0 = time.perf_counter(), os.times()
     load0 = os.getloadavg()
@@ -474,6 +588,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "paper_batch": f"{PAPER_TASKS} tasks x {PAPER_EPISODES} episodes x 200",
             "metaworld_batch": f"{args.mw_tasks} tasks x {args.mw_episodes} episodes x 150 (gym backend only)",
             "rollout_lines": f"{ROLLOUT_COPIES} copies x {ROLLOUT_ENV_STEPS} env steps per call",
+            "configs": args.configs,
         },
         "envs": {},
     }
@@ -501,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
     hc = result["envs"].get("rlbench/HalfCheetahRandVel-v0")
-    if hc is not None:
+    if hc is not None and {f"gym/{workers}", f"mujoco-batched/{workers}"} <= hc["c_sampler"].keys():
         c, b, a = hc["c_sampler"], hc["b_gym_loop"], hc["a_physics_limit"]
         gym_all = c[f"gym/{workers}"]["steps_per_s"]
         bat_all = c[f"mujoco-batched/{workers}"]["steps_per_s"]

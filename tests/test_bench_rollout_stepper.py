@@ -1,0 +1,133 @@
+"""scripts/bench_sampler.py's measurement-only ``mujoco-batched-rollout`` line (RolloutStepper).
+
+It steps the batched backend's slots with ONE ``mujoco.rollout`` call per environment step.
+Oracle: the exact batched stepper (itself bit-identical to the gym environments, see
+test_batched_backend.py). With the constraint solver's warm start disabled in the models,
+the warm start that rollout cannot hand back no longer matters, so the two must agree bit for
+bit (same states, models, controls, active masks, resets); with the warm start on (the real
+environments) they must differ, which is why the backend does not use rollout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import pytest
+import torch
+
+import envs
+import envs.locomotion_batched as lb
+from agents.policy import GaussianMLPPolicy
+from envs.locomotion_batched import BatchedLocomotionStepper
+from rlbench.sampler import STEPPERS, Sampler
+
+pytestmark = pytest.mark.mujoco
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_sampler", ROOT / "scripts" / "bench_sampler.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+NO_WARMSTART = int(mujoco.mjtDisableBit.mjDSBL_WARMSTART)
+
+
+def _pair(env_id: str, n: int, threads: int, warmstart: bool):
+    exact = BatchedLocomotionStepper(env_id, 200)
+    roll = bench.RolloutStepper(env_id, 200, threads=threads)
+    if not warmstart:  # per-slot rand-params models are copies of .model, made at reset
+        exact.model.opt.disableflags |= NO_WARMSTART
+        roll.model.opt.disableflags |= NO_WARMSTART
+    tasks = envs.get_task_distribution(env_id).sample(n, np.random.default_rng(0))
+    seeds = np.arange(n) + 100
+    np.testing.assert_array_equal(exact.reset(tasks, seeds), roll.reset(tasks, seeds))
+    return exact, roll
+
+
+@pytest.mark.parametrize(("name", "threads"), [("HalfCheetahRandVel", 1), ("HopperRandParams", 2),
+                                               ("Walker2DRandVel", 2)])
+def test_rollout_stepper_equals_exact_stepper_without_warmstart(name, threads):
+    env_id = f"rlbench/{name}-v0"
+    n = 12
+    exact, roll = _pair(env_id, n, threads, warmstart=False)
+    rng = np.random.default_rng(1)
+    resets = 0
+    for t in range(80):
+        actions = rng.uniform(-1.5, 1.5, (n, exact.act_dim))  # some outside [-1, 1]: clipped alike
+        active = rng.random(n) < 0.8
+        reset_seeds = rng.integers(0, 2**31 - 1, n) if t % 2 else None  # both paths of step()
+        got_exact = exact.step(actions, active, reset_seeds)
+        got_roll = roll.step(actions, active, reset_seeds)
+        for what, a, b in zip(("obs", "reward", "terminated", "success", "unstable"), got_exact, got_roll):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} step {t}: {what}")
+        resets += int(got_exact[2].sum()) if reset_seeds is not None else 0
+    # time, qpos, qvel, act and ctrl; not the warm start column, which rollout never returns
+    keep = np.r_[: roll.nfull, roll._ctrl]
+    np.testing.assert_array_equal(exact._state[:, keep], roll._state[:, keep])
+    if name != "HalfCheetahRandVel":  # terminations happened and were reset through both paths
+        assert resets > 0
+    exact.close()
+    roll.close()
+
+
+def test_rollout_stepper_drifts_with_warmstart():
+    """The real HalfCheetah model: rollout restarts the solver from zero acceleration at every
+    environment step, and the episodes drift apart (measured O(1) within 200 steps)."""
+    env_id = "rlbench/HalfCheetahRandVel-v0"
+    n = 4
+    exact, roll = _pair(env_id, n, 1, warmstart=True)
+    rng = np.random.default_rng(1)
+    diff = []
+    for _ in range(200):
+        a = rng.uniform(-1, 1, (n, exact.act_dim))
+        diff.append(np.abs(exact.step(a, np.ones(n, bool))[0] - roll.step(a, np.ones(n, bool))[0]).max())
+    assert max(diff) > 1e-3
+
+
+def test_sampler_batch_with_rollout_line_equals_batched_without_warmstart(monkeypatch):
+    """Through the Sampler (2 threads, episodes unit, early termination): the same Batch."""
+    original = lb.load_model
+
+    def load_model_no_warmstart(*a, **k):
+        m = original(*a, **k)
+        m.opt.disableflags |= NO_WARMSTART
+        return m
+
+    monkeypatch.setattr(lb, "load_model", load_model_no_warmstart)
+    monkeypatch.setitem(STEPPERS, "mujoco-batched-rollout", bench._rollout_backend)
+    env_id = "rlbench/HopperRandParams-v0"
+    tasks = envs.get_task_distribution(env_id).sample(3, np.random.default_rng(0))
+    batches = []
+    for backend in ("mujoco-batched", "mujoco-batched-rollout"):
+        with Sampler(env_id, horizon=30, n_workers=2, backend=backend) as s:
+            policy = GaussianMLPPolicy(s.obs_dim, s.act_dim, (16, 16), init_std=1.0, action_scale=10.0)
+            actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
+            batches.append(s.collect(tasks, 3, actor, np.random.default_rng(5)))
+    ref, got = batches
+    assert ref.terminated.any() and got.env_steps == ref.env_steps
+    for f in ("obs", "actions", "rewards", "valid", "lengths", "terminated", "last_obs"):
+        np.testing.assert_array_equal(getattr(ref, f), getattr(got, f), err_msg=f)
+
+
+def test_configs_resolve_all_and_skip_locomotion_lines_elsewhere():
+    names = ["gym/1", "gym/all", "mujoco-batched/all", "mujoco-batched-rollout/all", "mujoco-batched/2"]
+    assert bench._configs(names, 2, locomotion=True) == [
+        ("gym", 1), ("gym", 2), ("mujoco-batched", 2), ("mujoco-batched-rollout", 2)]
+    assert bench._configs(names, 2, locomotion=False) == [("gym", 1), ("gym", 2)]
+
+
+def test_bench_step_calls_per_slot_rollout_keeps_the_bits(capsys):
+    spec = importlib.util.spec_from_file_location("bench_step_calls", ROOT / "scripts" / "bench_step_calls.py")
+    calls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calls)
+    r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1"])
+    assert r["bit_identical_state"]["rollout_per_slot"] and r["bit_identical_warmstart"]["rollout_per_slot"]
+    assert r["rollout_batched_equals_three_calls_zero_warmstart"]
+    assert not r["bit_identical_state"]["three_calls_zero_warmstart"]  # the warm start matters (Hopper: at once)
+    assert set(r["us_per_slot_step"]) == set(r["us_per_slot_calls_only"]) == set(calls.VARIANTS)
+    with pytest.raises(SystemExit) as e:
+        calls.main(["--env", "PointGoal"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0  # one-line error
