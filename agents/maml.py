@@ -56,7 +56,7 @@ CHUNK_ELEMENTS = 1 << 20
 #: ``impl`` of the MAML learners: "analytic" (default), "batched", or "reference" (the
 #: straightforward whole-batch autograd implementation, kept as the oracle of
 #: tests/test_maml_batched.py and tests/test_closed_form.py).
-IMPLS = ("analytic", "batched", "reference")
+IMPLS = ("fused", "analytic", "batched", "reference")
 
 
 def task_chunks(n_tasks: int, per_task: int, width: int) -> list[slice]:
@@ -139,7 +139,7 @@ class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
     sampling rounds go through the shared sampler and are charged to the budget."""
 
-    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "analytic"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params)
         if impl not in IMPLS:
             raise ValueError(f"unknown MAML implementation {impl!r} (known: {', '.join(IMPLS)})")
@@ -172,6 +172,7 @@ class MAMLBase(LearnerBase):
         inner = [self._process(pre, self.params)]
         stats = {f"pre/{k.split('/', 1)[1]}": v for k, v in pre.stats().items()}
         phi = theta
+        self.last_chain = [theta]
         for k in range(K):
             if self.impl == "reference":
                 g = metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1]), phi)
@@ -180,6 +181,7 @@ class MAMLBase(LearnerBase):
                                    self.chunks(inner[-1]))
                 g = {n: torch.cat([p[n] for p in parts]) for n in phi}
             phi = {n: phi[n] - self.inner_lr * g[n] for n in phi}
+            self.last_chain.append(phi)
             if k < K - 1:
                 inner.append(self._process(collect(tasks, phi), phi))
         post_batch = collect(tasks, phi)
@@ -191,12 +193,13 @@ class MAMLBase(LearnerBase):
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
         return [inner_loss_fn(self.inner_loss, self.policy, tb) for tb in inner]
 
-    def inner_point(self, phi: Params, tb: TensorBatch) -> closed_form.LossAt:
+    def inner_point(self, phi: Params, tb: TensorBatch, second_order: bool = True) -> closed_form.LossAt:
         """The inner loss on ``tb`` at stacked ``phi`` in closed form (its gradient and exact
         Hessian-vector products): the same loss as :meth:`inner_losses`, -task_mean(f(log pi) A)
         with f the identity (log-likelihood) or the likelihood ratio."""
         weight = -tb.mask * tb.advantages / tb.mask.sum(-1, keepdim=True).clamp_min(1)
-        return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None)
+        return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None,
+                                  second_order=second_order)
 
     def chunks(self, tb: TensorBatch) -> list[slice]:
         """Task groups of the batched implementation. One group for the Hessian-free estimator:
@@ -226,7 +229,7 @@ class ProMP(MAMLBase):
     inner_loss_of_logp = staticmethod(lr_surrogate_of_logp)
     inner_is_ratio = True
 
-    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "analytic"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params, impl)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.algo_cfg.learning_rate)
         self.eta = cfg.algo_cfg.eta
@@ -257,6 +260,8 @@ class ProMP(MAMLBase):
         inner, post, stats = self.sample_rounds(collect, tasks)
         if self.impl == "reference":
             return self._reference_iteration(inner, post, stats, len(tasks))
+        if self.impl == "fused" and self.estimator == "second-order":
+            return self._fused_iteration(inner, post, stats, len(tasks))
         return self._batched_iteration(inner, post, stats, len(tasks))
 
     def _batched_iteration(self, inner: list[TensorBatch], post: TensorBatch, stats: dict[str, float], T: int) -> dict[str, float]:
@@ -295,6 +300,71 @@ class ProMP(MAMLBase):
             outer_sum += outer_c
         kl, outer_after = kl_sum / T, -outer_sum / T
         return {**stats, **self._finish(kl, outer_after)}
+
+    def _fused_iteration(self, inner: list[TensorBatch], post: TensorBatch, stats: dict[str, float], T: int) -> dict[str, float]:
+        """:meth:`_batched_iteration` (exact second order) with the meta-gradient in closed form
+        (agents/closed_form.py): per group, the inner losses' forward and backward passes give
+        the inner steps, the clipped surrogate's gradient at the adapted parameters is pulled
+        back through them by exact Hessian-vector products, and the KL penalty's gradient
+        shares the backward pass of the first product (both at theta on the pre-adaptation
+        episodes). The logged KL and loss after the update are taken the same way."""
+        pre = inner[0]
+        old = {k: v.detach().clone() for k, v in self.params.items()}
+        chunks = self.chunks(pre)
+        with torch.no_grad():
+            mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
+        for _ in range(self.cfg.algo_cfg.num_ppo_steps):
+            theta = {k: v.detach() for k, v in self.params.items()}
+            total = _sum_all(map_groups(
+                lambda i, theta=theta: self._fused_group(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
+                                                         post.tasks(chunks[i]), T)[0],
+                list(range(len(chunks)))))
+            self.optimizer.zero_grad()
+            for k, g in total.items():
+                self.params[k].grad = g
+            self.optimizer.step()
+        new = {k: v.detach() for k, v in self.params.items()}
+        kl = outer = 0.0
+        for kl_c, outer_c in map_groups(lambda i: self._fused_group(new, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
+                                                                    post.tasks(chunks[i]), T, values_only=True)[1],
+                                        list(range(len(chunks)))):
+            kl += kl_c
+            outer += outer_c
+        return {**stats, **self._finish(kl / T, -outer / T)}
+
+    def _fused_group(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
+                     T: int, values_only: bool = False) -> tuple[Params | None, tuple[float, float]]:
+        """One group's part of the gradient w.r.t. the shared ``theta`` of the outer loss plus
+        eta x KL(pi_old || pi_theta) (None with ``values_only``), and the sums over its tasks
+        of the KL's task mean and of the clipped surrogate's (to be maximised)."""
+        n = post.n_tasks
+        lr = self.inner_lr
+        phi = expand_params(theta, n)
+        points = []
+        for tb in inner:
+            points.append(self.inner_point(phi, tb, second_order=not values_only))
+            phi = {k: phi[k] - lr * points[-1].grad[k] for k in phi}
+        pre, net0 = inner[0], points[0].net
+        kw = pre.mask / pre.mask.sum(-1, keepdim=True).clamp_min(1) / T
+        with torch.no_grad():
+            kl = float(pre.task_mean(self.policy.kl_of_means(old, mu_old, {"log_std": net0.log_std}, net0.mu)).sum())
+            net = closed_form.MLPAt(self.policy, phi, post.obs)
+            ratio = torch.exp(self.policy.log_prob_of_mean(phi, net.mu, post.actions) - post.logp_old)
+            objective = float(post.task_mean(ppo_clip_objective(ratio, post.advantages, self.cfg.algo_cfg.clip)).sum())
+        if values_only:
+            return None, (kl, objective)
+        clip = self.cfg.algo_cfg.clip
+        a = post.advantages
+        # d min(r A, clip(r) A) / dr = A where r A < clip(r) A or r lies in the clip range (ties inside
+        # it split the gradient between two branches that both pass it), else 0
+        active = (ratio * a < ratio.clamp(1.0 - clip, 1.0 + clip) * a) | ((ratio >= 1.0 - clip) & (ratio <= 1.0 + clip))
+        weight = -post.mask / post.mask.sum(-1, keepdim=True).clamp_min(1) / T * a * active
+        g = closed_form.LossAt(self.policy, phi, post.obs, post.actions, weight, post.logp_old, net=net, second_order=False).grad
+        extra = closed_form.kl_cotangents(self.policy, old["log_std"], mu_old, net0.log_std, net0.mu, self.eta * kw)
+        for k in range(len(points) - 1, -1, -1):
+            hv = points[k].hvp({name: -lr * x for name, x in g.items()}, extra if k == 0 else None)
+            g = {name: g[name] + hv[name] for name in g}
+        return _sum_tasks(g), (kl, objective)
 
     def _group_gradient(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
                         T: int) -> Params:
@@ -374,9 +444,13 @@ class TRPOMAML(MAMLBase):
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         inner, post, stats = self.sample_rounds(collect, tasks)
-        build = {"reference": self.reference_problem, "batched": self.batched_problem, "analytic": self.analytic_problem}[self.impl]
+        if self.impl == "fused":
+            problem = self.fused_problem(inner, post, len(tasks), self.last_chain)
+        else:
+            problem = {"reference": self.reference_problem, "batched": self.batched_problem, "analytic": self.analytic_problem}[self.impl](
+                inner, post, len(tasks))
         a = self.cfg.algo_cfg
-        res = trpo_step(*build(inner, post, len(tasks)), a, a.max_kl)
+        res = trpo_step(*problem, a, a.max_kl, product_from_cg=self.impl == "fused")
         with torch.no_grad():
             for k, v in res.params.items():
                 self.params[k].copy_(v)
@@ -433,7 +507,24 @@ class TRPOMAML(MAMLBase):
 
         return _memoised_problem(old, groups, one, g, fvp)
 
-    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+    def fused_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None) -> TRPOProblem:
+        """:meth:`analytic_problem` without repeating work: the inner steps at the old
+        parameters are ``chain`` (the stacked [theta, phi_1, ..., phi_K] that
+        :meth:`MAMLBase.sample_rounds` computed to sample the later rounds; recomputed when
+        None), and a line-search candidate is adapted with the closed-form gradients of the
+        inner losses (one forward and one backward pass of the network each, no autograd graph)."""
+        return self.analytic_problem(inner, post, T, chain=chain, closed_form_adapt=True)
+
+    def _adapt_closed_form(self, theta: Params, inner: list[TensorBatch]) -> Params:
+        """phi_K(theta) with the inner losses' gradients in closed form."""
+        phi = as_stacked(theta, inner[0].n_tasks)
+        for tb in inner:
+            grad = self.inner_point(phi, tb, second_order=False).grad
+            phi = {k: phi[k] - self.inner_lr * grad[k] for k in phi}
+        return phi
+
+    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None,
+                         closed_form_adapt: bool = False) -> TRPOProblem:
         """The same TRPO problem as :meth:`batched_problem`, with the derivatives the conjugate
         gradient repeats written in closed form (agents/closed_form.py): each group keeps the
         forward and backward passes of its inner losses at the fixed inner-step points and the
@@ -453,14 +544,17 @@ class TRPOMAML(MAMLBase):
             inner_c = [tb.tasks(c) for tb in inner]
             losses = self.inner_losses(inner_c)
             post_c = post.tasks(c)
-            phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
+            if chain is None:
+                phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
+            else:
+                phis = [_rows(p, c) for p in chain]
             points = [self.inner_point(phis[k], tb) for k, tb in enumerate(inner_c)] if exact else None
             net = closed_form.MLPAt(self.policy, phis[-1], post_c.obs)
             per_task = post_c.mask / post_c.mask.sum(-1, keepdim=True).clamp_min(1) / T
             surrogate = closed_form.LossAt(self.policy, phis[-1], post_c.obs, post_c.actions, -per_task * post_c.advantages,
-                                           post_c.logp_old, net=net)
+                                           post_c.logp_old, net=net, second_order=False)
             return {"losses": losses, "phis": phis, "post": post_c, "n": post_c.n_tasks, "net": net, "kl_weight": per_task,
-                    "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None}
+                    "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None, "inner": inner_c}
 
         groups = map_groups(build, self.chunks(post))
 
@@ -479,7 +573,12 @@ class TRPOMAML(MAMLBase):
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation and one forward pass for both)."""
-            phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
+            if at_old:
+                phi = grp["phis"][-1]
+            elif closed_form_adapt:
+                phi = self._adapt_closed_form(theta, grp["inner"])
+            else:
+                phi = metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
             p, net = grp["post"], grp["net"]
             with torch.no_grad():
                 mu = net.mu if at_old else self.policy.mean(phi, p.obs)

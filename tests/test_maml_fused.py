@@ -1,0 +1,94 @@
+"""The ``fused`` MAML learners (agents/maml.py, the default ``impl``) against the ``reference``,
+``batched`` and ``analytic`` implementations on the same sampled batches, in float64.
+
+``fused`` differs from ``analytic`` by not repeating work (TRPO-MAML: the inner steps at the
+old parameters come from the sampling rounds, line-search candidates adapt with closed-form
+gradients; ProMP: the whole second-order meta-gradient and the KL penalty's gradient in
+closed form), so it must give the same numbers up to float rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_closed_form import close
+from test_maml_batched import compare, config, fresh_agent
+
+from agents import maml
+from rlbench import seeding
+from rlbench.sampler import Sampler
+from rlbench.trainer import Trainer
+
+
+@pytest.mark.parametrize("K,estimator", [(1, "second-order"), (2, "second-order"), (1, "first-order"), (1, "hessian-free")])
+def test_fused_promp_training_equals_reference(K, estimator, monkeypatch):
+    compare(config("promp", K, estimator, adaptive_eta=True), 3, 2, monkeypatch, rtol=1e-9, atol=1e-12, impl="fused")
+
+
+@pytest.mark.parametrize("K,estimator", [(1, "second-order"), (2, "second-order"), (1, "first-order"), (1, "hessian-free")])
+def test_fused_trpo_maml_training_equals_reference(K, estimator, monkeypatch):
+    # damping 1.0 as in test_maml_batched (the toy's Fisher is ill-conditioned at 1e-5)
+    compare(config("trpo-maml", K, estimator, cg_damping=1.0), 3, 2, monkeypatch, rtol=1e-7, atol=1e-10, impl="fused")
+
+
+def sampled(algo: str, K: int = 1, **algo_cfg):
+    """An agent of each implementation and one iteration's sampled rounds (PointGoal, float64)."""
+    cfg = config(algo, K, "second-order", **algo_cfg)
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        agents = {impl: fresh_agent(cfg, sampler, impl) for impl in maml.IMPLS}
+        trainer.agent = agents["fused"]
+        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
+        inner, post, _ = agents["fused"].sample_rounds(trainer.collect, tasks)
+    return agents, inner, post, len(tasks)
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_fused_promp_gradient_equals_autograd_away_from_the_old_policy(K):
+    """The closed-form gradient of outer loss + eta KL at parameters far enough from the old
+    ones that the clipped branch of the surrogate is taken for many transitions (a training
+    run's first Adam steps stay inside the clip range)."""
+    agents, inner, post, T = sampled("promp", K)
+    agent = agents["fused"]
+    agent.eta = 0.7  # a KL term of the size of the surrogate's
+    old = {k: v.detach().clone() for k, v in agent.params.items()}
+    gen = torch.Generator().manual_seed(1)
+    theta = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in old.items()}
+    mu_old = agent.policy.mean(old, inner[0].obs).detach()
+    g, (kl, objective) = agent._fused_group(theta, old, mu_old, inner, post, T)
+    leaf = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+    g_ref = agent._group_gradient(leaf, old, mu_old, inner, post, T)
+    close(g, g_ref, 1e-10)
+    # the clipped branch was taken: some ratios outside the clip range with a zero gradient there
+    phi = maml.metagrad.inner_chain(maml.as_stacked(theta, T), agent.inner_losses(inner), agent.inner_lr)[-1]
+    ratio = torch.exp(agent.policy.log_prob(phi, post.obs, post.actions) - post.logp_old)
+    clip = agent.cfg.algo_cfg.clip
+    assert float(((ratio - 1).abs() > clip).double().mean()) > 0.1
+    assert objective / T == pytest.approx(float(-agent.outer_loss(post)(phi)), rel=1e-12)
+    assert kl / T == pytest.approx(float(inner[0].task_mean(agent.policy.kl(old, theta, inner[0].obs)).mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_fused_trpo_maml_problem_reuses_the_sampling_chain_exactly(K, monkeypatch):
+    """With the chain sample_rounds computed, the fused problem's gradient and Fisher-vector
+    products are bit-identical to the analytic problem's (which recomputes the inner steps);
+    line-search losses and KLs (closed-form adaptation) equal the analytic ones to rounding."""
+    agents, inner, post, T = sampled("trpo-maml", K)
+    cfg = agents["fused"].cfg
+    monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
+    chain = agents["fused"].last_chain
+    assert len(chain) == K + 1 and len(agents["fused"].chunks(post)) > 1
+    old_a, loss_a, kl_a, g_a, fvp_a = agents["analytic"].analytic_problem(inner, post, T)
+    old_f, loss_f, kl_f, g_f, fvp_f = agents["fused"].fused_problem(inner, post, T, chain)
+    for k in old_a:
+        assert torch.equal(old_a[k], old_f[k])
+        assert torch.equal(g_a[k], g_f[k])
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        v = {k: torch.randn(x.shape, generator=gen, dtype=x.dtype) for k, x in old_a.items()}
+        fa, ff = fvp_a(v), fvp_f(v)
+        assert all(torch.equal(fa[k], ff[k]) for k in v)
+        th = {k: x + 0.01 * v[k] for k, x in old_a.items()}
+        for point in (th, old_a):
+            assert float(loss_f(point)) == pytest.approx(float(loss_a(point)), rel=1e-12, abs=1e-15)
+            assert float(kl_f(point)) == pytest.approx(float(kl_a(point)), rel=1e-10, abs=1e-15)
+    assert float(kl_f(old_f)) == 0.0
