@@ -152,7 +152,7 @@ class MAMLBase(LearnerBase):
         if self.impl == "reference":
             return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
         # agents.core.process with the log-probabilities taken by task groups
-        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage)), self.dtype)
+        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage), blas=self.impl == "fused"), self.dtype)
         p = {k: v.detach() for k, v in params.items()}
         stacked = p["W0"].dim() == 3
 

@@ -92,3 +92,12 @@ def test_fused_trpo_maml_problem_reuses_the_sampling_chain_exactly(K, monkeypatc
             assert float(loss_f(point)) == pytest.approx(float(loss_a(point)), rel=1e-12, abs=1e-15)
             assert float(kl_f(point)) == pytest.approx(float(kl_a(point)), rel=1e-10, abs=1e-15)
     assert float(kl_f(old_f)) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["promp", "trpo-maml"])
+def test_fused_equals_reference_halfcheetah_float32(algo, monkeypatch):
+    """The paper's network and dtype on HalfCheetahRandVel, 6 tasks x 2 episodes x 200 steps
+    in groups of 4 and 2: one iteration equal up to float32 rounding."""
+    cfg = config(algo, 1, "second-order", env="rlbench/HalfCheetahRandVel-v0", dtype="float32", tasks=6, episodes=2)
+    compare(cfg, 1, 4, monkeypatch, rtol=2e-4, atol=1e-6, impl="fused")
