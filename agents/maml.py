@@ -450,7 +450,9 @@ class TRPOMAML(MAMLBase):
             problem = {"reference": self.reference_problem, "batched": self.batched_problem, "analytic": self.analytic_problem}[self.impl](
                 inner, post, len(tasks))
         a = self.cfg.algo_cfg
-        res = trpo_step(*problem, a, a.max_kl, product_from_cg=self.impl == "fused")
+        # the step size's d^T F d from the conjugate gradient's products needs a linear F
+        # (the Hessian-free estimator's finite differences are linear only to first order)
+        res = trpo_step(*problem, a, a.max_kl, product_from_cg=self.impl == "fused" and self.estimator != "hessian-free")
         with torch.no_grad():
             for k, v in res.params.items():
                 self.params[k].copy_(v)
