@@ -1,5 +1,5 @@
 """Closed-form derivatives of the Gaussian tanh-MLP policy (agents/policy.py) at a fixed point,
-for the MAML learners' ``impl="analytic"`` (agents/maml.py).
+for the MAML learners' ``impl="analytic"`` and ``impl="fused"`` (agents/maml.py).
 
 TRPO-MAML's conjugate gradient takes about eleven Fisher-vector products per iteration, all
 at the same parameters: ``J^T F J v`` with ``J = prod_k (I - lr H_k)`` the Jacobian of the
@@ -23,6 +23,10 @@ does not depend on the vector computed once:
   (exactly, since both policies are the same tensors), so its Hessian with respect to the
   parameters is ``Jmu^T diag(kw e^{-2 s}) Jmu`` plus ``2 sum_n kw`` on the log-std: one
   tangent forward and one backward pass, no second derivatives of the network.
+
+* :func:`kl_cotangents`: the gradient of a weighted KL(pi_old || pi) with respect to the mean
+  and log-std of ``pi`` (ProMP's KL penalty; :meth:`LossAt.hvp` takes it as an extra
+  cotangent, so the penalty's gradient shares the backward pass of the inner step's product).
 
 All shapes are stacked over tasks: parameters ``W_i [T, out, in]``, ``b_i [T, out]``,
 ``log_std [T, act]``; data ``[T, N, ...]``. The tests (tests/test_closed_form.py) check every

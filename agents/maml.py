@@ -9,10 +9,20 @@ as many threads as the learner has (:func:`map_groups`) and sums their per-task 
 also shares forward passes the maths allows (ProMP: the pre-adaptation mean feeds the inner
 loss and the KL penalty, the old policy's mean is computed once for all Adam steps; TRPO-MAML:
 Hessian-vector graphs built once per group for all conjugate-gradient steps, one adaptation
-per line-search candidate). ``"analytic"`` (the default) is ``"batched"`` with TRPO-MAML's
-gradient and Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
-(agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code). All give
-the same numbers up to float rounding (tests/test_maml_batched.py, tests/test_closed_form.py).
+per line-search candidate). ``"analytic"`` is ``"batched"`` with TRPO-MAML's gradient and
+Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
+(agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code).
+``"fused"`` (the default) is ``"analytic"`` without repeated work: the sampling rounds'
+inner steps use closed-form gradients, and TRPO-MAML takes its inner steps at the old
+parameters from them (:meth:`MAMLBase.sample_rounds` computed them to sample the
+post-adaptation episodes; the same tensors), adapts line-search candidates with closed-form
+gradients instead of autograd, and forms the step size's ``d^T F d`` from
+the conjugate gradient's own products (one Fisher-vector product fewer of eleven); ProMP's
+exact second-order meta-gradient and the KL penalty's gradient are closed-form too (one
+backward pass shared by the inner Hessian-vector product and the KL term); both form the
+linear baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``).
+All give the same numbers up to float rounding (tests/test_maml_batched.py,
+tests/test_closed_form.py, tests/test_maml_fused.py).
 """
 
 from __future__ import annotations
@@ -53,9 +63,9 @@ from agents.policy import GaussianMLPPolicy, Params, expand_params, torch_thread
 #: arithmetic at the paper's batch shape (40 tasks x 4000 transitions x 64).
 CHUNK_ELEMENTS = 1 << 20
 
-#: ``impl`` of the MAML learners: "analytic" (default), "batched", or "reference" (the
+#: ``impl`` of the MAML learners: "fused" (default), "analytic", "batched", or "reference" (the
 #: straightforward whole-batch autograd implementation, kept as the oracle of
-#: tests/test_maml_batched.py and tests/test_closed_form.py).
+#: tests/test_maml_batched.py, tests/test_closed_form.py and tests/test_maml_fused.py).
 IMPLS = ("fused", "analytic", "batched", "reference")
 
 
@@ -176,6 +186,10 @@ class MAMLBase(LearnerBase):
         for k in range(K):
             if self.impl == "reference":
                 g = metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1]), phi)
+            elif self.impl == "fused":  # closed-form gradients of the inner losses (agents/closed_form.py)
+                parts = map_groups(lambda c, phi=phi: self.inner_point(_rows(phi, c), inner[-1].tasks(c), second_order=False).grad,
+                                   self.chunks(inner[-1]))
+                g = {n: torch.cat([p[n] for p in parts]) for n in phi}
             else:
                 parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
                                    self.chunks(inner[-1]))
@@ -348,8 +362,9 @@ class ProMP(MAMLBase):
         kw = pre.mask / pre.mask.sum(-1, keepdim=True).clamp_min(1) / T
         with torch.no_grad():
             kl = float(pre.task_mean(self.policy.kl_of_means(old, mu_old, {"log_std": net0.log_std}, net0.mu)).sum())
-            net = closed_form.MLPAt(self.policy, phi, post.obs)
-            ratio = torch.exp(self.policy.log_prob_of_mean(phi, net.mu, post.actions) - post.logp_old)
+            net = None if values_only else closed_form.MLPAt(self.policy, phi, post.obs)
+            mu = self.policy.mean(phi, post.obs) if values_only else net.mu
+            ratio = torch.exp(self.policy.log_prob_of_mean(phi, mu, post.actions) - post.logp_old)
             objective = float(post.task_mean(ppo_clip_objective(ratio, post.advantages, self.cfg.algo_cfg.clip)).sum())
         if values_only:
             return None, (kl, objective)

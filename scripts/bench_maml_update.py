@@ -13,7 +13,7 @@ threaded batched backend steps in this process, so it counts its threads), and w
 implementation's estimated update share of an iteration, update / (update + sampling), both
 in CPU time.
 
-    python scripts/bench_maml_update.py --impls analytic batched
+    python scripts/bench_maml_update.py --impls fused analytic
 """
 
 from __future__ import annotations

@@ -69,15 +69,22 @@ def test_fused_promp_gradient_equals_autograd_away_from_the_old_policy(K):
 
 @pytest.mark.parametrize("K", [1, 2])
 def test_fused_trpo_maml_problem_reuses_the_sampling_chain_exactly(K, monkeypatch):
-    """With the chain sample_rounds computed, the fused problem's gradient and Fisher-vector
-    products are bit-identical to the analytic problem's (which recomputes the inner steps);
-    line-search losses and KLs (closed-form adaptation) equal the analytic ones to rounding."""
+    """Given the autograd chain of inner steps (what the analytic problem recomputes), the
+    fused problem's gradient and Fisher-vector products are bit-identical to the analytic
+    problem's; the chain the fused sample_rounds computed (closed-form gradients) equals it to
+    rounding; line-search losses and KLs (closed-form adaptation) equal the analytic ones to
+    rounding."""
     agents, inner, post, T = sampled("trpo-maml", K)
     cfg = agents["fused"].cfg
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
-    chain = agents["fused"].last_chain
-    assert len(chain) == K + 1 and len(agents["fused"].chunks(post)) > 1
-    old_a, loss_a, kl_a, g_a, fvp_a = agents["analytic"].analytic_problem(inner, post, T)
+    assert len(agents["fused"].chunks(post)) > 1
+    analytic = agents["analytic"]
+    chain = maml.metagrad.inner_chain(maml.as_stacked(analytic.params, T), analytic.inner_losses(inner), analytic.inner_lr)
+    own = agents["fused"].last_chain
+    assert len(own) == K + 1
+    for p_own, p_ref in zip(own, chain):
+        close(p_own, p_ref, 1e-12)
+    old_a, loss_a, kl_a, g_a, fvp_a = analytic.analytic_problem(inner, post, T)
     old_f, loss_f, kl_f, g_f, fvp_f = agents["fused"].fused_problem(inner, post, T, chain)
     for k in old_a:
         assert torch.equal(old_a[k], old_f[k])
