@@ -12,15 +12,15 @@ Hessian-vector graphs built once per group for all conjugate-gradient steps, one
 per line-search candidate). ``"analytic"`` is ``"batched"`` with TRPO-MAML's gradient and
 Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
 (agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code).
-``"fused"`` (the default) is ``"analytic"`` without repeated work: the sampling rounds'
-inner steps use closed-form gradients, and TRPO-MAML takes its inner steps at the old
-parameters from them (:meth:`MAMLBase.sample_rounds` computed them to sample the
+``"fused"`` (the default) is ``"analytic"`` without repeated work: TRPO-MAML takes its inner
+steps at the old parameters from the sampling rounds (:meth:`MAMLBase.sample_rounds` computed them to sample the
 post-adaptation episodes; the same tensors), adapts line-search candidates with closed-form
 gradients instead of autograd, and forms the step size's ``d^T F d`` from
 the conjugate gradient's own products (one Fisher-vector product fewer of eleven); ProMP's
 exact second-order meta-gradient and the KL penalty's gradient are closed-form too (one
 backward pass shared by the inner Hessian-vector product and the KL term); both form the
-linear baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``).
+linear baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``), and
+ProMP takes the sampling rounds' inner steps with closed-form gradients.
 All give the same numbers up to float rounding (tests/test_maml_batched.py,
 tests/test_closed_form.py, tests/test_maml_fused.py).
 """
@@ -147,7 +147,16 @@ def _add_into(acc: Params | None, g: Params) -> Params:
 
 class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
-    sampling rounds go through the shared sampler and are charged to the budget."""
+    sampling rounds go through the shared sampler and are charged to the budget.
+
+    ``closed_form_sampling_steps``: whether the ``fused`` implementation takes the sampling
+    rounds' inner steps with closed-form gradients (equal to autograd's up to rounding) or with
+    autograd like the other implementations. TRPO-MAML keeps autograd: its fused update then
+    starts from bit-identically the same inner steps, gradient and Fisher-vector products as
+    ``analytic``. TRPO's first line-search candidate lies on the KL boundary up to the KL's
+    cubic term (a relative margin of ~1e-5 was measured at the paper's batch shape), and the
+    conjugate gradient amplifies float32 rounding of the problem to about that size, so a
+    problem that differed in rounding flipped that candidate's accept decision."""
 
     def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params)
@@ -186,7 +195,7 @@ class MAMLBase(LearnerBase):
         for k in range(K):
             if self.impl == "reference":
                 g = metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1]), phi)
-            elif self.impl == "fused":  # closed-form gradients of the inner losses (agents/closed_form.py)
+            elif self.impl == "fused" and self.closed_form_sampling_steps:  # closed-form inner gradients (agents/closed_form.py)
                 parts = map_groups(lambda c, phi=phi: self.inner_point(_rows(phi, c), inner[-1].tasks(c), second_order=False).grad,
                                    self.chunks(inner[-1]))
                 g = {n: torch.cat([p[n] for p in parts]) for n in phi}
@@ -239,6 +248,7 @@ class ProMP(MAMLBase):
     episodes; ``num_ppo_steps`` full-batch Adam steps; eta fixed or adapted toward kl_target."""
 
     algo = "promp"
+    closed_form_sampling_steps = True  # see MAMLBase
     inner_loss = staticmethod(lr_surrogate)  # -mean(pi / pi_old * A): ProMP's likelihood-ratio inner loss
     inner_loss_of_logp = staticmethod(lr_surrogate_of_logp)
     inner_is_ratio = True
@@ -453,6 +463,7 @@ class TRPOMAML(MAMLBase):
     are taken through the inner steps (J^T F J, with the estimator's J)."""
 
     algo = "trpo-maml"
+    closed_form_sampling_steps = False  # see MAMLBase
     inner_loss = staticmethod(loglik_loss)  # -mean(log pi * A): the log-likelihood inner loss
     inner_loss_of_logp = staticmethod(loglik_loss_of_logp)
     inner_is_ratio = False

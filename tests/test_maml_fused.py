@@ -49,6 +49,12 @@ def test_fused_promp_gradient_equals_autograd_away_from_the_old_policy(K):
     run's first Adam steps stay inside the clip range)."""
     agents, inner, post, T = sampled("promp", K)
     agent = agents["fused"]
+    # ProMP's fused sampling rounds adapt with closed-form gradients: autograd's steps to rounding
+    chain = maml.metagrad.inner_chain(maml.as_stacked(agent.params, T), agent.inner_losses(inner), agent.inner_lr)
+    assert len(agent.last_chain) == K + 1
+    for p_own, p_ref in zip(agent.last_chain, chain):
+        close(p_own, p_ref, 1e-12)
+    assert not all(torch.equal(agent.last_chain[-1][k], chain[-1][k]) for k in chain[-1])  # not the autograd tensors
     agent.eta = 0.7  # a KL term of the size of the surrogate's
     old = {k: v.detach().clone() for k, v in agent.params.items()}
     gen = torch.Generator().manual_seed(1)
@@ -69,11 +75,10 @@ def test_fused_promp_gradient_equals_autograd_away_from_the_old_policy(K):
 
 @pytest.mark.parametrize("K", [1, 2])
 def test_fused_trpo_maml_problem_reuses_the_sampling_chain_exactly(K, monkeypatch):
-    """Given the autograd chain of inner steps (what the analytic problem recomputes), the
-    fused problem's gradient and Fisher-vector products are bit-identical to the analytic
-    problem's; the chain the fused sample_rounds computed (closed-form gradients) equals it to
-    rounding; line-search losses and KLs (closed-form adaptation) equal the analytic ones to
-    rounding."""
+    """The chain of inner steps the fused sample_rounds computed is bit-identical to the one
+    the analytic problem recomputes, and with it the fused problem's gradient and
+    Fisher-vector products are bit-identical to the analytic problem's; line-search losses
+    and KLs (closed-form adaptation) equal the analytic ones to rounding."""
     agents, inner, post, T = sampled("trpo-maml", K)
     cfg = agents["fused"].cfg
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
@@ -83,7 +88,8 @@ def test_fused_trpo_maml_problem_reuses_the_sampling_chain_exactly(K, monkeypatc
     own = agents["fused"].last_chain
     assert len(own) == K + 1
     for p_own, p_ref in zip(own, chain):
-        close(p_own, p_ref, 1e-12)
+        assert all(torch.equal(p_own[k], p_ref[k]) for k in p_ref)
+    chain = own
     old_a, loss_a, kl_a, g_a, fvp_a = analytic.analytic_problem(inner, post, T)
     old_f, loss_f, kl_f, g_f, fvp_f = agents["fused"].fused_problem(inner, post, T, chain)
     for k in old_a:
