@@ -13,10 +13,10 @@ per line-search candidate). ``"analytic"`` is ``"batched"`` with TRPO-MAML's gra
 Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
 (agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code).
 ``"fused"`` (the default) is ``"analytic"`` without repeated work: TRPO-MAML takes its inner
-steps at the old parameters from the sampling rounds (:meth:`MAMLBase.sample_rounds` computed them to sample the
-post-adaptation episodes; the same tensors), adapts line-search candidates with closed-form
-gradients instead of autograd, and forms the step size's ``d^T F d`` from
-the conjugate gradient's own products (one Fisher-vector product fewer of eleven); ProMP's
+steps at the old parameters from the sampling rounds (:meth:`MAMLBase.sample_rounds` computed
+them to sample the post-adaptation episodes; the same tensors) and forms the step size's
+``d^T F d`` from the conjugate gradient's own products (one Fisher-vector product fewer of
+eleven); ProMP's
 exact second-order meta-gradient and the KL penalty's gradient are closed-form too (one
 backward pass shared by the inner Hessian-vector product and the KL term); both form the
 linear baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``), and
@@ -536,23 +536,13 @@ class TRPOMAML(MAMLBase):
         return _memoised_problem(old, groups, one, g, fvp)
 
     def fused_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None) -> TRPOProblem:
-        """:meth:`analytic_problem` without repeating work: the inner steps at the old
-        parameters are ``chain`` (the stacked [theta, phi_1, ..., phi_K] that
-        :meth:`MAMLBase.sample_rounds` computed to sample the later rounds; recomputed when
-        None), and a line-search candidate is adapted with the closed-form gradients of the
-        inner losses (one forward and one backward pass of the network each, no autograd graph)."""
-        return self.analytic_problem(inner, post, T, chain=chain, closed_form_adapt=True)
+        """:meth:`analytic_problem` without recomputing the inner steps at the old parameters:
+        they are ``chain`` (the stacked [theta, phi_1, ..., phi_K] that
+        :meth:`MAMLBase.sample_rounds` computed to sample the later rounds, bit-identical to
+        the recomputation; recomputed when None)."""
+        return self.analytic_problem(inner, post, T, chain=chain)
 
-    def _adapt_closed_form(self, theta: Params, inner: list[TensorBatch]) -> Params:
-        """phi_K(theta) with the inner losses' gradients in closed form."""
-        phi = as_stacked(theta, inner[0].n_tasks)
-        for tb in inner:
-            grad = self.inner_point(phi, tb, second_order=False).grad
-            phi = {k: phi[k] - self.inner_lr * grad[k] for k in phi}
-        return phi
-
-    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None,
-                         closed_form_adapt: bool = False) -> TRPOProblem:
+    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None) -> TRPOProblem:
         """The same TRPO problem as :meth:`batched_problem`, with the derivatives the conjugate
         gradient repeats written in closed form (agents/closed_form.py): each group keeps the
         forward and backward passes of its inner losses at the fixed inner-step points and the
@@ -582,7 +572,7 @@ class TRPOMAML(MAMLBase):
             surrogate = closed_form.LossAt(self.policy, phis[-1], post_c.obs, post_c.actions, -per_task * post_c.advantages,
                                            post_c.logp_old, net=net, second_order=False)
             return {"losses": losses, "phis": phis, "post": post_c, "n": post_c.n_tasks, "net": net, "kl_weight": per_task,
-                    "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None, "inner": inner_c}
+                    "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None}
 
         groups = map_groups(build, self.chunks(post))
 
@@ -601,12 +591,7 @@ class TRPOMAML(MAMLBase):
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation and one forward pass for both)."""
-            if at_old:
-                phi = grp["phis"][-1]
-            elif closed_form_adapt:
-                phi = self._adapt_closed_form(theta, grp["inner"])
-            else:
-                phi = metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
+            phi = grp["phis"][-1] if at_old else metagrad.inner_chain(as_stacked(theta, grp["n"]), grp["losses"], self.inner_lr)[-1]
             p, net = grp["post"], grp["net"]
             with torch.no_grad():
                 mu = net.mu if at_old else self.policy.mean(phi, p.obs)
