@@ -163,6 +163,9 @@ class MAMLBase(LearnerBase):
         if impl not in IMPLS:
             raise ValueError(f"unknown MAML implementation {impl!r} (known: {', '.join(IMPLS)})")
         self.impl = impl
+        #: fused ProMP: (theta, the first inner loss's points at theta per task group) from the
+        #: sampling rounds, for the first Adam step (see ProMP._fused_iteration)
+        self.sampling_points: tuple[Params, list[closed_form.LossAt]] | None = None
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.estimator = cfg.algo_cfg.meta_gradient
         self.delta = cfg.algo_cfg.hf_delta
@@ -196,9 +199,13 @@ class MAMLBase(LearnerBase):
             if self.impl == "reference":
                 g = metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1]), phi)
             elif self.impl == "fused" and self.closed_form_sampling_steps:  # closed-form inner gradients (agents/closed_form.py)
-                parts = map_groups(lambda c, phi=phi: self.inner_point(_rows(phi, c), inner[-1].tasks(c), second_order=False).grad,
-                                   self.chunks(inner[-1]))
-                g = {n: torch.cat([p[n] for p in parts]) for n in phi}
+                # the first step's points (at theta) keep their backward pass for the update's first product
+                keep = k == 0 and self.estimator == "second-order"
+                points = map_groups(lambda c, phi=phi, keep=keep: self.inner_point(_rows(phi, c), inner[-1].tasks(c), second_order=keep),
+                                    self.chunks(inner[-1]))
+                if keep:
+                    self.sampling_points = ({n: v.detach().clone() for n, v in self.params.items()}, points)
+                g = {n: torch.cat([p.grad[n] for p in points]) for n in phi}
             else:
                 parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
                                    self.chunks(inner[-1]))
@@ -337,12 +344,18 @@ class ProMP(MAMLBase):
         chunks = self.chunks(pre)
         with torch.no_grad():
             mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
+        # the sampling rounds' inner-loss points at theta = old serve the first Adam step
+        start, first = self.sampling_points or (None, None)
+        self.sampling_points = None
+        if start is None or len(first) != len(chunks) or not all(torch.equal(start[k], old[k]) for k in old):
+            first = [None] * len(chunks)
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = {k: v.detach() for k, v in self.params.items()}
             total = _sum_all(map_groups(
-                lambda i, theta=theta: self._fused_group(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
-                                                         post.tasks(chunks[i]), T)[0],
+                lambda i, theta=theta, first=first: self._fused_group(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
+                                                                      post.tasks(chunks[i]), T, first=first[i])[0],
                 list(range(len(chunks)))))
+            first = [None] * len(chunks)  # only the first step is at theta = old; release them
             self.optimizer.zero_grad()
             for k, g in total.items():
                 self.params[k].grad = g
@@ -357,16 +370,17 @@ class ProMP(MAMLBase):
         return {**stats, **self._finish(kl / T, -outer / T)}
 
     def _fused_group(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
-                     T: int, values_only: bool = False) -> tuple[Params | None, tuple[float, float]]:
+                     T: int, values_only: bool = False, first: closed_form.LossAt | None = None) -> tuple[Params | None, tuple[float, float]]:
         """One group's part of the gradient w.r.t. the shared ``theta`` of the outer loss plus
         eta x KL(pi_old || pi_theta) (None with ``values_only``), and the sums over its tasks
-        of the KL's task mean and of the clipped surrogate's (to be maximised)."""
+        of the KL's task mean and of the clipped surrogate's (to be maximised). ``first``: the
+        first inner loss's point at ``theta``, if already computed."""
         n = post.n_tasks
         lr = self.inner_lr
         phi = expand_params(theta, n)
         points = []
         for tb in inner:
-            points.append(self.inner_point(phi, tb, second_order=not values_only))
+            points.append(first if first is not None and not points else self.inner_point(phi, tb, second_order=not values_only))
             phi = {k: phi[k] - lr * points[-1].grad[k] for k in phi}
         pre, net0 = inner[0], points[0].net
         kw = pre.mask / pre.mask.sum(-1, keepdim=True).clamp_min(1) / T

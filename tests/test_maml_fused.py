@@ -114,3 +114,39 @@ def test_fused_equals_reference_halfcheetah_float32(algo, monkeypatch):
     in groups of 4 and 2: one iteration equal up to float32 rounding."""
     cfg = config(algo, 1, "second-order", env="rlbench/HalfCheetahRandVel-v0", dtype="float32", tasks=6, episodes=2)
     compare(cfg, 1, 4, monkeypatch, rtol=2e-4, atol=1e-6, impl="fused")
+
+
+def test_fused_promp_first_step_reuses_the_sampling_points(monkeypatch):
+    """ProMP's first Adam step starts from the inner-loss points the sampling rounds computed
+    at theta = old (forward and backward passes kept): the same update as recomputing them."""
+    cfg = config("promp", 1, "second-order")
+    monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        reuse, fresh = fresh_agent(cfg, sampler, "fused"), fresh_agent(cfg, sampler, "fused")
+        trainer.agent = reuse
+        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
+        log: list = []
+
+        def record(tasks_, params):
+            log.append(trainer.collect(tasks_, params))
+            return log[-1]
+
+        seen = []
+        original = reuse._fused_group
+        monkeypatch.setattr(reuse, "_fused_group", lambda *a, **k: seen.append(k.get("first") is not None) or original(*a, **k))
+        m_reuse = reuse.train_iteration(record, tasks)
+        assert sum(seen) == len(reuse.chunks(reuse._process(log[0], reuse.params))) > 1  # every group of the first step
+        sample_rounds = fresh.sample_rounds
+
+        def without_points(*a):
+            out = sample_rounds(*a)
+            fresh.sampling_points = None
+            return out
+
+        monkeypatch.setattr(fresh, "sample_rounds", without_points)
+        replay = iter(log)
+        m_fresh = fresh.train_iteration(lambda tasks_, params: next(replay), tasks)
+    for k, v in fresh.params.items():
+        torch.testing.assert_close(reuse.params[k], v, rtol=1e-12, atol=1e-15)
+    assert m_reuse == pytest.approx(m_fresh, rel=1e-12, abs=1e-15)
