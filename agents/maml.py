@@ -12,15 +12,15 @@ Hessian-vector graphs built once per group for all conjugate-gradient steps, one
 per line-search candidate). ``"analytic"`` is ``"batched"`` with TRPO-MAML's gradient and
 Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
 (agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code).
-``"fused"`` (the default) is ``"analytic"`` without repeated work: TRPO-MAML takes its inner
+``"fused"`` (the default) is ``"analytic"`` without repeated work. TRPO-MAML takes its inner
 steps at the old parameters from the sampling rounds (:meth:`MAMLBase.sample_rounds` computed
 them to sample the post-adaptation episodes; the same tensors) and forms the step size's
 ``d^T F d`` from the conjugate gradient's own products (one Fisher-vector product fewer of
-eleven); ProMP's
-exact second-order meta-gradient and the KL penalty's gradient are closed-form too (one
-backward pass shared by the inner Hessian-vector product and the KL term); both form the
-linear baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``), and
-ProMP takes the sampling rounds' inner steps with closed-form gradients.
+eleven). ProMP's exact second-order meta-gradient and the KL penalty's gradient are in closed
+form too (one backward pass shared by the inner Hessian-vector product and the KL term), its
+sampling rounds' inner steps use closed-form gradients, and its first Adam step (at theta =
+old) starts from the inner-loss points those steps computed. Both form the linear
+baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``).
 All give the same numbers up to float rounding (tests/test_maml_batched.py,
 tests/test_closed_form.py, tests/test_maml_fused.py).
 """
