@@ -1,5 +1,5 @@
 """Closed-form derivatives of the Gaussian tanh-MLP policy (agents/policy.py) at a fixed point,
-for the MAML learners' ``impl="analytic"`` (agents/maml.py).
+for the MAML learners' ``impl="analytic"`` and ``impl="fused"`` (agents/maml.py).
 
 TRPO-MAML's conjugate gradient takes about eleven Fisher-vector products per iteration, all
 at the same parameters: ``J^T F J v`` with ``J = prod_k (I - lr H_k)`` the Jacobian of the
@@ -23,6 +23,10 @@ does not depend on the vector computed once:
   (exactly, since both policies are the same tensors), so its Hessian with respect to the
   parameters is ``Jmu^T diag(kw e^{-2 s}) Jmu`` plus ``2 sum_n kw`` on the log-std: one
   tangent forward and one backward pass, no second derivatives of the network.
+
+* :func:`kl_cotangents`: the gradient of a weighted KL(pi_old || pi) with respect to the mean
+  and log-std of ``pi`` (ProMP's KL penalty; :meth:`LossAt.hvp` takes it as an extra
+  cotangent, so the penalty's gradient shares the backward pass of the inner step's product).
 
 All shapes are stacked over tasks: parameters ``W_i [T, out, in]``, ``b_i [T, out]``,
 ``log_std [T, act]``; data ``[T, N, ...]``. The tests (tests/test_closed_form.py) check every
@@ -118,7 +122,9 @@ class LossAt:
     (:attr:`grad`) and exact Hessian-vector products (:meth:`hvp`)."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, obs: torch.Tensor, actions: torch.Tensor,
-                 weight: torch.Tensor, logp_old: torch.Tensor | None = None, net: MLPAt | None = None):
+                 weight: torch.Tensor, logp_old: torch.Tensor | None = None, net: MLPAt | None = None,
+                 second_order: bool = True):
+        """``second_order=False``: the gradient only (no buffers kept for :meth:`hvp`)."""
         self.net = net if net is not None else MLPAt(policy, params, obs)
         net = self.net
         with torch.no_grad():
@@ -133,14 +139,17 @@ class LossAt:
                 self.f1 = weight.reshape(logp.shape) * torch.exp(logp - logp_old.reshape(logp.shape))
                 self.f2 = self.f1  # f'' = f' for the ratio
             g_mu = self.f1.unsqueeze(-1) * self.gm
-            grad, self.delta, bar_h = net.vjp(g_mu, keep=True)
+            grad, self.delta, bar_h = net.vjp(g_mu, keep=second_order)
             grad["log_std"] = (self.f1.unsqueeze(-1) * self.gs).sum(1)
             self.grad = {k: grad[k] for k in params}
             # d(delta_i)/d(h_i) through tanh'': e_i = -2 bar_h_i * h_i
-            self.e = [None] + [-2 * bar_h[i] * net.hidden(i) for i in range(1, net.n)]
+            self.e = [None] + [-2 * bar_h[i] * net.hidden(i) for i in range(1, net.n)] if second_order else None
 
-    def hvp(self, u: Params) -> Params:
-        """H u, with H the Hessian of L at the fixed parameters (per task: u stacked)."""
+    def hvp(self, u: Params, extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> Params:
+        """H u, with H the Hessian of L at the fixed parameters (per task: u stacked). With
+        ``extra = (c_mu, c_s)``, H u plus the parameter cotangent of a cotangent ``c_mu`` on
+        the mean [T, N, act] and ``c_s`` on the log-std [T, act] (the backward pass of H u
+        is linear in its cotangent on the mean, so the extra term shares it)."""
         net = self.net
         with torch.no_grad():
             dmu, dh = net.jvp(u)
@@ -155,7 +164,9 @@ class LossAt:
                 dl = ((self.gm * dmu).sum(-1) + (self.gs * ds).sum(-1)).unsqueeze(-1) * self.f2.unsqueeze(-1)
                 bar = bar + dl * self.gm
                 bar_s = bar_s + dl * self.gs
-            out: Params = {"log_std": bar_s.sum(1)}
+            if extra is not None:
+                bar = bar + extra[0]
+            out: Params = {"log_std": bar_s.sum(1) if extra is None else bar_s.sum(1) + extra[1]}
             g = bar
             for i in range(net.n - 1, -1, -1):
                 dw = torch.bmm(_t(g), net.h[i])
@@ -178,3 +189,18 @@ def kl_fisher_vp(net: MLPAt, kl_weight: torch.Tensor, u: Params) -> Params:
         out, _, _ = net.vjp(w.unsqueeze(-1) * e2s * dmu)
         out["log_std"] = 2 * w.sum(1, keepdim=True) * u["log_std"]
     return {k: out[k] for k in u}
+
+
+def kl_cotangents(policy: GaussianMLPPolicy, log_std_old: torch.Tensor, mu_old: torch.Tensor, log_std: torch.Tensor,
+                  mu: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``sum_{t,n} weight[t, n] KL(pi_old(.|s_tn) || pi(.|s_tn))`` with respect to
+    the mean of ``pi`` [T, N, act] and its log-std [T, act] (``log_std_old`` shared [act] or
+    stacked [T, act])."""
+    with torch.no_grad():
+        ls0 = log_std_old if log_std_old.dim() == 2 else log_std_old.unsqueeze(0)
+        inv_var = torch.exp(-2 * log_std).unsqueeze(1)  # [T, 1, act]
+        w = weight.reshape(mu.shape[:2]).unsqueeze(-1)
+        diff = mu - mu_old
+        c_mu = w * diff * inv_var
+        c_s = (w * (1 - (torch.exp(2 * ls0).unsqueeze(1) + diff * diff) * inv_var)).sum(1)
+    return c_mu, c_s

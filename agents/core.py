@@ -109,9 +109,13 @@ def ppo_clip_objective(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> t
     return torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
 
 
-def conjugate_gradient(mvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
-    """Solve A x = b for symmetric positive definite A given only x -> A x."""
+def conjugate_gradient(mvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10,
+                       with_product: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Solve A x = b for symmetric positive definite A given only x -> A x. With
+    ``with_product``, also A x formed from the products already taken (x = sum_i alpha_i p_i,
+    so A x = sum_i alpha_i A p_i: the same vector up to float rounding, one product fewer)."""
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = r @ r
@@ -121,11 +125,12 @@ def conjugate_gradient(mvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Ten
         Ap = mvp(p)
         alpha = rr / (p @ Ap)
         x = x + alpha * p
+        ax = ax + alpha * Ap
         r = r - alpha * Ap
         rr_new = r @ r
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return (x, ax) if with_product else x
 
 
 @dataclass
@@ -146,19 +151,27 @@ def trpo_step(
     fvp: Callable[[Params], Params],
     cfg: AlgoConfig,
     max_kl: float,
+    product_from_cg: bool = False,
 ) -> TRPOResult:
     """One TRPO update: natural direction by conjugate gradient on the Fisher-vector product
     (plus ``cg_damping``), scaled to the KL radius, then a backtracking line search
     (ratio ``backtrack_ratio``, at most ``max_backtracks`` steps) that accepts the first
-    candidate that lowers the loss and satisfies mean KL <= max_kl; otherwise no step."""
+    candidate that lowers the loss and satisfies mean KL <= max_kl; otherwise no step.
+    ``product_from_cg``: the step size's ``d^T (F + damping) d`` from the conjugate gradient's
+    own products (:func:`conjugate_gradient` ``with_product``) instead of one more product;
+    equal up to float rounding."""
     theta = {k: v.detach() for k, v in params.items()}
     g = flat(gradient)
 
     def mvp(v: torch.Tensor) -> torch.Tensor:
         return flat(fvp(unflat(v, theta))) + cfg.cg_damping * v
 
-    direction = conjugate_gradient(mvp, -g, cfg.cg_iters)
-    shs = float(direction @ mvp(direction))
+    if product_from_cg:
+        direction, product = conjugate_gradient(mvp, -g, cfg.cg_iters, with_product=True)
+    else:
+        direction = conjugate_gradient(mvp, -g, cfg.cg_iters)
+        product = mvp(direction)
+    shs = float(direction @ product)
     with torch.no_grad():
         loss0 = float(loss_fn(theta))
     if not math.isfinite(shs) or shs <= 0:

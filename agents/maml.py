@@ -9,10 +9,20 @@ as many threads as the learner has (:func:`map_groups`) and sums their per-task 
 also shares forward passes the maths allows (ProMP: the pre-adaptation mean feeds the inner
 loss and the KL penalty, the old policy's mean is computed once for all Adam steps; TRPO-MAML:
 Hessian-vector graphs built once per group for all conjugate-gradient steps, one adaptation
-per line-search candidate). ``"analytic"`` (the default) is ``"batched"`` with TRPO-MAML's
-gradient and Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
-(agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code). All give
-the same numbers up to float rounding (tests/test_maml_batched.py, tests/test_closed_form.py).
+per line-search candidate). ``"analytic"`` is ``"batched"`` with TRPO-MAML's gradient and
+Fisher-vector products written in closed form for the Gaussian tanh-MLP policy
+(agents/closed_form.py; ProMP and the Hessian-free estimator run the batched code).
+``"fused"`` (the default) is ``"analytic"`` without repeated work. TRPO-MAML takes its inner
+steps at the old parameters from the sampling rounds (:meth:`MAMLBase.sample_rounds` computed
+them to sample the post-adaptation episodes; the same tensors) and forms the step size's
+``d^T F d`` from the conjugate gradient's own products (one Fisher-vector product fewer of
+eleven). ProMP's exact second-order meta-gradient and the KL penalty's gradient are in closed
+form too (one backward pass shared by the inner Hessian-vector product and the KL term), its
+sampling rounds' inner steps use closed-form gradients, and its first Adam step (at theta =
+old) starts from the inner-loss points those steps computed. Both form the linear
+baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``).
+All give the same numbers up to float rounding (tests/test_maml_batched.py,
+tests/test_closed_form.py, tests/test_maml_fused.py).
 """
 
 from __future__ import annotations
@@ -53,10 +63,10 @@ from agents.policy import GaussianMLPPolicy, Params, expand_params, torch_thread
 #: arithmetic at the paper's batch shape (40 tasks x 4000 transitions x 64).
 CHUNK_ELEMENTS = 1 << 20
 
-#: ``impl`` of the MAML learners: "analytic" (default), "batched", or "reference" (the
+#: ``impl`` of the MAML learners: "fused" (default), "analytic", "batched", or "reference" (the
 #: straightforward whole-batch autograd implementation, kept as the oracle of
-#: tests/test_maml_batched.py and tests/test_closed_form.py).
-IMPLS = ("analytic", "batched", "reference")
+#: tests/test_maml_batched.py, tests/test_closed_form.py and tests/test_maml_fused.py).
+IMPLS = ("fused", "analytic", "batched", "reference")
 
 
 def task_chunks(n_tasks: int, per_task: int, width: int) -> list[slice]:
@@ -137,13 +147,25 @@ def _add_into(acc: Params | None, g: Params) -> Params:
 
 class MAMLBase(LearnerBase):
     """K inner steps per task, each on freshly sampled episodes; both pre- and post-adaptation
-    sampling rounds go through the shared sampler and are charged to the budget."""
+    sampling rounds go through the shared sampler and are charged to the budget.
 
-    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "analytic"):
+    ``closed_form_sampling_steps``: whether the ``fused`` implementation takes the sampling
+    rounds' inner steps with closed-form gradients (equal to autograd's up to rounding) or with
+    autograd like the other implementations. TRPO-MAML keeps autograd: its fused update then
+    starts from bit-identically the same inner steps, gradient and Fisher-vector products as
+    ``analytic``. TRPO's first line-search candidate lies on the KL boundary up to the KL's
+    cubic term (a relative margin of ~1e-5 was measured at the paper's batch shape), and the
+    conjugate gradient amplifies float32 rounding of the problem to about that size, so a
+    problem that differed in rounding flipped that candidate's accept decision."""
+
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params)
         if impl not in IMPLS:
             raise ValueError(f"unknown MAML implementation {impl!r} (known: {', '.join(IMPLS)})")
         self.impl = impl
+        #: fused ProMP: (theta, the first inner loss's points at theta per task group) from the
+        #: sampling rounds, for the first Adam step (see ProMP._fused_iteration)
+        self.sampling_points: tuple[Params, list[closed_form.LossAt]] | None = None
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.estimator = cfg.algo_cfg.meta_gradient
         self.delta = cfg.algo_cfg.hf_delta
@@ -152,7 +174,7 @@ class MAMLBase(LearnerBase):
         if self.impl == "reference":
             return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
         # agents.core.process with the log-probabilities taken by task groups
-        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage)), self.dtype)
+        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage), blas=self.impl == "fused"), self.dtype)
         p = {k: v.detach() for k, v in params.items()}
         stacked = p["W0"].dim() == 3
 
@@ -172,14 +194,24 @@ class MAMLBase(LearnerBase):
         inner = [self._process(pre, self.params)]
         stats = {f"pre/{k.split('/', 1)[1]}": v for k, v in pre.stats().items()}
         phi = theta
+        self.last_chain = [theta]
         for k in range(K):
             if self.impl == "reference":
                 g = metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1]), phi)
+            elif self.impl == "fused" and self.closed_form_sampling_steps:  # closed-form inner gradients (agents/closed_form.py)
+                # the first step's points (at theta) keep their backward pass for the update's first product
+                keep = k == 0 and self.estimator == "second-order"
+                points = map_groups(lambda c, phi=phi, keep=keep: self.inner_point(_rows(phi, c), inner[-1].tasks(c), second_order=keep),
+                                    self.chunks(inner[-1]))
+                if keep:
+                    self.sampling_points = ({n: v.detach().clone() for n, v in self.params.items()}, points)
+                g = {n: torch.cat([p.grad[n] for p in points]) for n in phi}
             else:
                 parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
                                    self.chunks(inner[-1]))
                 g = {n: torch.cat([p[n] for p in parts]) for n in phi}
             phi = {n: phi[n] - self.inner_lr * g[n] for n in phi}
+            self.last_chain.append(phi)
             if k < K - 1:
                 inner.append(self._process(collect(tasks, phi), phi))
         post_batch = collect(tasks, phi)
@@ -191,12 +223,13 @@ class MAMLBase(LearnerBase):
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
         return [inner_loss_fn(self.inner_loss, self.policy, tb) for tb in inner]
 
-    def inner_point(self, phi: Params, tb: TensorBatch) -> closed_form.LossAt:
+    def inner_point(self, phi: Params, tb: TensorBatch, second_order: bool = True) -> closed_form.LossAt:
         """The inner loss on ``tb`` at stacked ``phi`` in closed form (its gradient and exact
         Hessian-vector products): the same loss as :meth:`inner_losses`, -task_mean(f(log pi) A)
         with f the identity (log-likelihood) or the likelihood ratio."""
         weight = -tb.mask * tb.advantages / tb.mask.sum(-1, keepdim=True).clamp_min(1)
-        return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None)
+        return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None,
+                                  second_order=second_order)
 
     def chunks(self, tb: TensorBatch) -> list[slice]:
         """Task groups of the batched implementation. One group for the Hessian-free estimator:
@@ -222,11 +255,12 @@ class ProMP(MAMLBase):
     episodes; ``num_ppo_steps`` full-batch Adam steps; eta fixed or adapted toward kl_target."""
 
     algo = "promp"
+    closed_form_sampling_steps = True  # see MAMLBase
     inner_loss = staticmethod(lr_surrogate)  # -mean(pi / pi_old * A): ProMP's likelihood-ratio inner loss
     inner_loss_of_logp = staticmethod(lr_surrogate_of_logp)
     inner_is_ratio = True
 
-    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = "analytic"):
+    def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params, impl)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.algo_cfg.learning_rate)
         self.eta = cfg.algo_cfg.eta
@@ -257,6 +291,8 @@ class ProMP(MAMLBase):
         inner, post, stats = self.sample_rounds(collect, tasks)
         if self.impl == "reference":
             return self._reference_iteration(inner, post, stats, len(tasks))
+        if self.impl == "fused" and self.estimator == "second-order":
+            return self._fused_iteration(inner, post, stats, len(tasks))
         return self._batched_iteration(inner, post, stats, len(tasks))
 
     def _batched_iteration(self, inner: list[TensorBatch], post: TensorBatch, stats: dict[str, float], T: int) -> dict[str, float]:
@@ -295,6 +331,79 @@ class ProMP(MAMLBase):
             outer_sum += outer_c
         kl, outer_after = kl_sum / T, -outer_sum / T
         return {**stats, **self._finish(kl, outer_after)}
+
+    def _fused_iteration(self, inner: list[TensorBatch], post: TensorBatch, stats: dict[str, float], T: int) -> dict[str, float]:
+        """:meth:`_batched_iteration` (exact second order) with the meta-gradient in closed form
+        (agents/closed_form.py): per group, the inner losses' forward and backward passes give
+        the inner steps, the clipped surrogate's gradient at the adapted parameters is pulled
+        back through them by exact Hessian-vector products, and the KL penalty's gradient
+        shares the backward pass of the first product (both at theta on the pre-adaptation
+        episodes). The logged KL and loss after the update are taken the same way."""
+        pre = inner[0]
+        old = {k: v.detach().clone() for k, v in self.params.items()}
+        chunks = self.chunks(pre)
+        with torch.no_grad():
+            mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
+        # the sampling rounds' inner-loss points at theta = old serve the first Adam step
+        start, first = self.sampling_points or (None, None)
+        self.sampling_points = None
+        if start is None or len(first) != len(chunks) or not all(torch.equal(start[k], old[k]) for k in old):
+            first = [None] * len(chunks)
+        for _ in range(self.cfg.algo_cfg.num_ppo_steps):
+            theta = {k: v.detach() for k, v in self.params.items()}
+            total = _sum_all(map_groups(
+                lambda i, theta=theta, first=first: self._fused_group(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
+                                                                      post.tasks(chunks[i]), T, first=first[i])[0],
+                list(range(len(chunks)))))
+            first = [None] * len(chunks)  # only the first step is at theta = old; release them
+            self.optimizer.zero_grad()
+            for k, g in total.items():
+                self.params[k].grad = g
+            self.optimizer.step()
+        new = {k: v.detach() for k, v in self.params.items()}
+        kl = outer = 0.0
+        for kl_c, outer_c in map_groups(lambda i: self._fused_group(new, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
+                                                                    post.tasks(chunks[i]), T, values_only=True)[1],
+                                        list(range(len(chunks)))):
+            kl += kl_c
+            outer += outer_c
+        return {**stats, **self._finish(kl / T, -outer / T)}
+
+    def _fused_group(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
+                     T: int, values_only: bool = False, first: closed_form.LossAt | None = None) -> tuple[Params | None, tuple[float, float]]:
+        """One group's part of the gradient w.r.t. the shared ``theta`` of the outer loss plus
+        eta x KL(pi_old || pi_theta) (None with ``values_only``), and the sums over its tasks
+        of the KL's task mean and of the clipped surrogate's (to be maximised). ``first``: the
+        first inner loss's point at ``theta``, if already computed."""
+        n = post.n_tasks
+        lr = self.inner_lr
+        phi = expand_params(theta, n)
+        points = []
+        for tb in inner:
+            points.append(first if first is not None and not points else self.inner_point(phi, tb, second_order=not values_only))
+            phi = {k: phi[k] - lr * points[-1].grad[k] for k in phi}
+        pre, net0 = inner[0], points[0].net
+        kw = pre.mask / pre.mask.sum(-1, keepdim=True).clamp_min(1) / T
+        with torch.no_grad():
+            kl = float(pre.task_mean(self.policy.kl_of_means(old, mu_old, {"log_std": net0.log_std}, net0.mu)).sum())
+            net = None if values_only else closed_form.MLPAt(self.policy, phi, post.obs)
+            mu = self.policy.mean(phi, post.obs) if values_only else net.mu
+            ratio = torch.exp(self.policy.log_prob_of_mean(phi, mu, post.actions) - post.logp_old)
+            objective = float(post.task_mean(ppo_clip_objective(ratio, post.advantages, self.cfg.algo_cfg.clip)).sum())
+        if values_only:
+            return None, (kl, objective)
+        clip = self.cfg.algo_cfg.clip
+        a = post.advantages
+        # d min(r A, clip(r) A) / dr = A where r A < clip(r) A or r lies in the clip range (ties inside
+        # it split the gradient between two branches that both pass it), else 0
+        active = (ratio * a < ratio.clamp(1.0 - clip, 1.0 + clip) * a) | ((ratio >= 1.0 - clip) & (ratio <= 1.0 + clip))
+        weight = -post.mask / post.mask.sum(-1, keepdim=True).clamp_min(1) / T * a * active
+        g = closed_form.LossAt(self.policy, phi, post.obs, post.actions, weight, post.logp_old, net=net, second_order=False).grad
+        extra = closed_form.kl_cotangents(self.policy, old["log_std"], mu_old, net0.log_std, net0.mu, self.eta * kw)
+        for k in range(len(points) - 1, -1, -1):
+            hv = points[k].hvp({name: -lr * x for name, x in g.items()}, extra if k == 0 else None)
+            g = {name: g[name] + hv[name] for name in g}
+        return _sum_tasks(g), (kl, objective)
 
     def _group_gradient(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
                         T: int) -> Params:
@@ -368,15 +477,22 @@ class TRPOMAML(MAMLBase):
     are taken through the inner steps (J^T F J, with the estimator's J)."""
 
     algo = "trpo-maml"
+    closed_form_sampling_steps = False  # see MAMLBase
     inner_loss = staticmethod(loglik_loss)  # -mean(log pi * A): the log-likelihood inner loss
     inner_loss_of_logp = staticmethod(loglik_loss_of_logp)
     inner_is_ratio = False
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         inner, post, stats = self.sample_rounds(collect, tasks)
-        build = {"reference": self.reference_problem, "batched": self.batched_problem, "analytic": self.analytic_problem}[self.impl]
+        if self.impl == "fused":
+            problem = self.fused_problem(inner, post, len(tasks), self.last_chain)
+        else:
+            problem = {"reference": self.reference_problem, "batched": self.batched_problem, "analytic": self.analytic_problem}[self.impl](
+                inner, post, len(tasks))
         a = self.cfg.algo_cfg
-        res = trpo_step(*build(inner, post, len(tasks)), a, a.max_kl)
+        # the step size's d^T F d from the conjugate gradient's products needs a linear F
+        # (the Hessian-free estimator's finite differences are linear only to first order)
+        res = trpo_step(*problem, a, a.max_kl, product_from_cg=self.impl == "fused" and self.estimator != "hessian-free")
         with torch.no_grad():
             for k, v in res.params.items():
                 self.params[k].copy_(v)
@@ -433,7 +549,14 @@ class TRPOMAML(MAMLBase):
 
         return _memoised_problem(old, groups, one, g, fvp)
 
-    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
+    def fused_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None) -> TRPOProblem:
+        """:meth:`analytic_problem` without recomputing the inner steps at the old parameters:
+        they are ``chain`` (the stacked [theta, phi_1, ..., phi_K] that
+        :meth:`MAMLBase.sample_rounds` computed to sample the later rounds, bit-identical to
+        the recomputation; recomputed when None)."""
+        return self.analytic_problem(inner, post, T, chain=chain)
+
+    def analytic_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None) -> TRPOProblem:
         """The same TRPO problem as :meth:`batched_problem`, with the derivatives the conjugate
         gradient repeats written in closed form (agents/closed_form.py): each group keeps the
         forward and backward passes of its inner losses at the fixed inner-step points and the
@@ -453,12 +576,15 @@ class TRPOMAML(MAMLBase):
             inner_c = [tb.tasks(c) for tb in inner]
             losses = self.inner_losses(inner_c)
             post_c = post.tasks(c)
-            phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
+            if chain is None:
+                phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
+            else:
+                phis = [_rows(p, c) for p in chain]
             points = [self.inner_point(phis[k], tb) for k, tb in enumerate(inner_c)] if exact else None
             net = closed_form.MLPAt(self.policy, phis[-1], post_c.obs)
             per_task = post_c.mask / post_c.mask.sum(-1, keepdim=True).clamp_min(1) / T
             surrogate = closed_form.LossAt(self.policy, phis[-1], post_c.obs, post_c.actions, -per_task * post_c.advantages,
-                                           post_c.logp_old, net=net)
+                                           post_c.logp_old, net=net, second_order=False)
             return {"losses": losses, "phis": phis, "post": post_c, "n": post_c.n_tasks, "net": net, "kl_weight": per_task,
                     "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None}
 

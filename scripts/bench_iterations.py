@@ -8,7 +8,7 @@ grid on a cluster of ``--cluster-cores`` cores.
 
     python scripts/bench_iterations.py --envs rlbench/HalfCheetahRandVel-v0 --algos promp trpo-maml
 
-``--impls analytic batched reference`` times the MAML learners' implementations side by side
+``--impls fused analytic batched reference`` times the MAML learners' implementations side by side
 (agents/maml.py ``impl``; the first is the default) in the same run. Every row runs in a fresh process, so its
 ``peak_rss_mb`` is that row's own peak (``self``: the learner and, for the threaded
 backends, the sampler; ``children``: sampler worker processes). ``loadavg`` is the machine's

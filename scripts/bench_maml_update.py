@@ -8,7 +8,12 @@ the outer update). The sampler is idle during the replay, so with ``--threads 1`
 is the learner's own work, comparable between implementations on a machine shared with other
 jobs (the wall time is not). Each implementation is replayed ``--repeats`` times, in turn.
 
-    python scripts/bench_maml_update.py --impls analytic batched
+The process CPU time of the recorded sampling rounds is reported too (``sampling_cpu_s``: the
+threaded batched backend steps in this process, so it counts its threads), and with it each
+implementation's estimated update share of an iteration, update / (update + sampling), both
+in CPU time.
+
+    python scripts/bench_maml_update.py --impls fused analytic
 """
 
 from __future__ import annotations
@@ -46,11 +51,16 @@ def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: in
         tasks = trainer.tasks.sample(tasks_n, seeding.generator(cfg.seed, "train-tasks", 0))
         log: list = []
 
+        sampling_cpu = [0.0]
+
         def record(tasks_, params):
+            c0 = time.process_time()
             log.append(trainer.collect(tasks_, params))
+            sampling_cpu[0] += time.process_time() - c0
             return log[-1]
 
         fresh(impls[0]).train_iteration(record, tasks)
+        backend = sampler.backend
     rows = []
     for rep in range(repeats):
         for impl in impls:
@@ -62,6 +72,7 @@ def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: in
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             rows.append({"env": env_id, "algo": algo, "impl": impl, "repeat": rep, "tasks": tasks_n, "torch_threads": threads,
                          "update_cpu_s": cpu, "update_wall_s": wall, "loadavg": [load, os.getloadavg()[0]],
+                         "sampling_cpu_s": sampling_cpu[0], "sampling_backend": backend, "sampling_rounds": len(log),
                          "loss_after": metrics.get("train/loss", metrics.get("train/outer_loss"))})
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
@@ -85,7 +96,9 @@ def main() -> int:
     summary = {}
     for algo in a.algos:
         cpu = {impl: min(r["update_cpu_s"] for r in rows if r["algo"] == algo and r["impl"] == impl) for impl in a.impls}
-        summary[algo] = {"min_update_cpu_s": cpu, "cpu_ratio_to_" + a.impls[-1]: {i: cpu[i] / cpu[a.impls[-1]] for i in a.impls}}
+        sampling = next(r["sampling_cpu_s"] for r in rows if r["algo"] == algo)
+        summary[algo] = {"min_update_cpu_s": cpu, "cpu_ratio_to_" + a.impls[-1]: {i: cpu[i] / cpu[a.impls[-1]] for i in a.impls},
+                         "sampling_cpu_s": sampling, "update_share_estimate": {i: cpu[i] / (cpu[i] + sampling) for i in a.impls}}
     text = json.dumps({"command": " ".join(sys.argv), "rows": rows, "summary": summary}, indent=2)
     print(text)
     if a.out:

@@ -39,6 +39,23 @@ def test_conjugate_gradient_is_exact_after_n_iterations_on_a_diagonal_system():
     torch.testing.assert_close(x, b / d, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype,cond,rtol", [(torch.float64, 1e3, 1e-12), (torch.float32, 1e5, 1e-5)])
+def test_conjugate_gradient_product_is_the_matrix_times_the_solution(dtype, cond, rtol):
+    """with_product: the same x (bit-identical) and A x from the loop's own products, also
+    after fewer iterations than the dimension on an ill-conditioned system (TRPO's 10 steps)."""
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    A = torch.as_tensor(Q @ np.diag(np.geomspace(1.0, 1.0 / cond, 40)) @ Q.T, dtype=dtype)
+    b = torch.as_tensor(rng.normal(size=40), dtype=dtype)
+    for iters in (1, 5, 10):
+        x0 = conjugate_gradient(lambda v: A @ v, b, iters=iters)
+        x, ax = conjugate_gradient(lambda v: A @ v, b, iters=iters, with_product=True)
+        assert torch.equal(x, x0)
+        exact = (A.double() @ x.double())
+        assert float((ax.double() - exact).norm()) <= rtol * float(exact.norm())
+        assert float(x @ ax) == pytest.approx(float(x @ (A @ x)), rel=10 * rtol)
+
+
 # -- PPO clip ---------------------------------------------------------------------------------------
 
 
