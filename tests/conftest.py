@@ -13,9 +13,12 @@ torch.set_num_threads(1)
 #: Modules whose tests share a module- or session-scoped fixture: under pytest-xdist
 #: (``--dist loadgroup``, set in pyproject.toml) each runs whole on one worker, so the fixture
 #: is built once. Tests marked ``ray`` also share one worker: one Ray instance at a time. Tests
-#: of ML45 share one worker too: building its 50 task classes (tens of seconds) is cached per
-#: process (envs.meta_world), so one worker pays it once instead of both.
+#: that build the ML10 or ML45 benchmark share one worker too (group ``mw-benchmarks``): a
+#: benchmark's build (ML10 about 10 s, ML45 about 30 s) is cached per process (envs.meta_world),
+#: so one worker pays it once instead of both.
 SHARED_FIXTURE_MODULES = ("test_hostile", "test_plan_status", "test_compare_cmd", "test_aggregate", "test_metaworld_fast")
+MW_BENCHMARK_MODULES = ("test_metaworld_reward", "test_envs_metaworld")  # most of their tests build ML10 or ML45
+MW_BENCHMARK_GROUP = "mw-benchmarks"
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -27,6 +30,5 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif item.module.__name__.rpartition(".")[2] in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-        elif "ML45" in item.name or item.module.__name__.rpartition(".")[2] == "test_metaworld_reward":
-            # test_metaworld_reward builds ML45's classes in most of its tests, not only those named ML45
-            item.add_marker(pytest.mark.xdist_group("ml45"))
+        elif "ML45" in item.name or "ML10" in item.name or item.module.__name__.rpartition(".")[2] in MW_BENCHMARK_MODULES:
+            item.add_marker(pytest.mark.xdist_group(MW_BENCHMARK_GROUP))

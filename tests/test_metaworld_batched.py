@@ -145,7 +145,7 @@ def test_registration_and_paths():
 NEW_CLASSES = ("drawer-close-v3", "button-press-topdown-v3", "window-open-v3", "sweep-v3", "door-open-v3")
 
 
-@pytest.mark.xdist_group("ml45")  # shares the worker that builds ML10 for test_metaworld_reward
+@pytest.mark.xdist_group("mw-benchmarks")  # the worker that builds ML10 (tests/conftest.py)
 def test_vectorised_registry():
     assert set(NEW_CLASSES) | {"push-v3", "reach-v3"} == set(VECTORISED)
     stepper = BatchedMetaWorldStepper("rlbench/ML10-v0", 20)
@@ -158,7 +158,7 @@ def test_vectorised_registry():
         stepper.close()
 
 
-@pytest.mark.xdist_group("ml45")
+@pytest.mark.xdist_group("mw-benchmarks")
 def test_ml10_vectorised_classes_bit_identical():
     """Every class vectorised beyond push/reach, one slot each, mixed in one stepper: expert
     actions with a uniform random action every third step (building the environments, not

@@ -5,31 +5,26 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing as mp
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from procs import wait_exited
+from procs import exit_with_main, run_forked, start_forked, wait_exited
 
 from rlbench import locking, presets, store
 from rlbench.cli import main
 from rlbench.evaluator import evaluate_run
 from rlbench.runner import train
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = "rlbench/PointGoal-v0"
 TRAIN = ["train", "--env", ENV, "--algo", "drs-ppo", "--preset", "smoke", "--seed", "1", "--quiet", "--budget", "4000"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def _main(capsys, *argv: str) -> subprocess.CompletedProcess:
@@ -75,32 +70,35 @@ def test_max_iterations_stops_an_unbounded_run(tmp_path, capsys):
 # -- item 3: one writer ---------------------------------------------------------------------------
 
 
-HOLD_AND_TRAIN = textwrap.dedent("""
-    import sys
-    from rlbench import locking
-    from rlbench.cli import main
+def _hold_and_train(argv: list[str], holding, go) -> None:
+    """In a forked child: the CLI, which pauses once it holds its first (outermost) lock, sets
+    ``holding`` and carries on when ``go`` is set."""
     real_hold = locking.hold
     paused = []
+
     def hold(directory, what="run"):
         cm = real_hold(directory, what)
+
         class Wrapped:
             def __enter__(self):
                 cm.__enter__()
-                if not paused:  # the first (outermost) lock: keep it until the test says go
+                if not paused:
                     paused.append(directory)
-                    print("holding", flush=True)
-                    sys.stdin.readline()
+                    holding.set()
+                    go.wait(300)
+
             def __exit__(self, *exc):
                 return cm.__exit__(*exc)
+
         return Wrapped()
+
     locking.hold = hold
-    sys.exit(main(sys.argv[1:]))
-""")
+    exit_with_main(argv)
 
 
 @pytest.mark.parametrize("command", ["train", "run"])
 def test_second_writer_exits_2_while_the_first_holds_the_directory(tmp_path, capsys, command):
-    """Two processes on one --out (the first a real CLI process, the second this one): the
+    """Two processes on one --out (the first forked from this one, the second this one): the
     second exits 2 naming the other process, writes nothing; the first then completes normally."""
     out = tmp_path / "out"
     if command == "train":
@@ -111,21 +109,23 @@ def test_second_writer_exits_2_while_the_first_holds_the_directory(tmp_path, cap
                        "overrides:\n  all: {sampler: {meta_batch_size: 10, episodes_per_task: 4, n_workers: 1},\n"
                        "        eval: {n_tasks: 2, n_updates: 1, episodes_per_task: 2}}\n")
         argv = ["run", str(exp), "--out", str(out), "--quiet"]
-    first = subprocess.Popen([sys.executable, "-c", HOLD_AND_TRAIN, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=_env())
+    ctx = mp.get_context("fork")
+    holding, go = ctx.Event(), ctx.Event()
+    first = start_forked(_hold_and_train, argv, holding, go)
     try:
-        assert first.stdout.readline().strip() == "holding"
+        assert holding.wait(300)
         before = tree(out)
         second = _main(capsys, *argv, *(["--resume"] if command == "train" else []))
         assert second.returncode == 2, second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "another process" in second.stderr, second.stderr
         assert tree(out) == before
-        first.stdin.write("go\n")
-        first.stdin.flush()
-        assert first.wait(timeout=300) == 0, first.stderr.read()
+        go.set()
+        first.join(300)
+        assert first.exitcode == 0
     finally:
-        first.kill()
-        first.wait()
+        if first.exitcode is None:
+            first.kill()
+        first.join()
 
 
 def test_lock_of_a_killed_process_does_not_block_resume(tmp_path, capsys):
@@ -174,23 +174,26 @@ def test_forked_children_do_not_keep_the_lock(tmp_path):
 # -- items 5, 6: kills mid-write, torn metrics, full disk, read-only ------------------------------
 
 
-KILL_DURING_STATE_WRITE = textwrap.dedent("""
-    import multiprocessing as mp, os, signal, sys
-    kill_at, pid_file = int(sys.argv[1]), sys.argv[2]
+def _kill_during_state_write(kill_at: int, pid_file: str, argv: list[str]) -> None:
+    """In a forked child: the CLI, which SIGKILLs itself when its ``kill_at``-th state.pt is
+    written and fsynced under its temporary name but not yet renamed, after recording its
+    sampler workers' pids in ``pid_file``."""
+    import multiprocessing as mp
+    import signal
+
     real_replace = os.replace
     seen = [0]
+
     def replace(src, dst, *a, **k):
         if str(dst).endswith("state.pt"):
             seen[0] += 1
-            if seen[0] == kill_at:  # the new state is written and fsynced under its temporary name
-                with open(pid_file, "w") as f:
-                    f.write(" ".join(str(p.pid) for p in mp.active_children()))
+            if seen[0] == kill_at:
+                Path(pid_file).write_text(" ".join(str(p.pid) for p in mp.active_children()))
                 os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst, *a, **k)
+
     os.replace = replace
-    from rlbench.cli import main
-    sys.exit(main(sys.argv[3:]))
-""")
+    exit_with_main(argv)
 
 
 
@@ -202,9 +205,7 @@ def test_kill_during_an_atomic_write_then_resume_equals_uninterrupted(tmp_path, 
     base = [*TRAIN, "--workers", "2"]
     assert main([*base, "--out", str(tmp_path / "ref")]) == 0
     run, pids = tmp_path / "killed", tmp_path / "pids"
-    res = subprocess.run([sys.executable, "-c", KILL_DURING_STATE_WRITE, "3", str(pids), *base, "--out", str(run)],
-                         capture_output=True, text=True, env=_env(), timeout=300, check=False)
-    assert res.returncode == -9, res.stderr
+    assert run_forked(_kill_during_state_write, 3, str(pids), [*base, "--out", str(run)]) == -9
     assert list(run.glob(f".state.pt.*{store.TMP_SUFFIX}")), "the kill should have left a temporary file"
     assert store.load_torch(run / store.STATE_FILE)["iteration"] == 2
     assert len(metrics_without_time(run)) == 3  # one line beyond the saved state

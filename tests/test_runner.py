@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from procs import wait_exited
+from procs import exit_with_main, run_forked, wait_exited
 
 from rlbench import presets, store
 from rlbench.cli import main
@@ -129,33 +127,30 @@ def test_persistent_adam_matches_torch_adam():
 
 
 
-#: Runs the CLI and SIGKILLs itself at a fixed point: the moment it saves the state of
-#: iteration ``argv[1]`` (after that iteration's metrics line and checkpoints were written),
-#: after recording its sampler workers' pids in ``argv[2]``. No polling, so no race.
-KILL_AT_ITERATION = """
-import multiprocessing as mp, os, signal, sys
-from rlbench import store
-kill_at, pid_file = int(sys.argv[1]), sys.argv[2]
-real_save = store.save_torch
-def save_torch(path, obj):
-    if str(path).endswith(store.STATE_FILE) and obj["iteration"] == kill_at:
-        with open(pid_file, "w") as f:
-            f.write(" ".join(str(p.pid) for p in mp.active_children()))
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(path, obj)
-store.save_torch = save_torch
-from rlbench.cli import main
-sys.exit(main(sys.argv[3:]))
-"""
+def _kill_at_iteration(kill_at: int, pid_file: str, argv: list[str]) -> None:
+    """In a forked child: the CLI, which SIGKILLs itself at a fixed point: the moment it saves
+    the state of iteration ``kill_at`` (after that iteration's metrics line and checkpoints were
+    written), after recording its sampler workers' pids in ``pid_file``. No polling, so no race."""
+    import multiprocessing as mp
+    import os
+
+    real_save = store.save_torch
+
+    def save_torch(path, obj):
+        if str(path).endswith(store.STATE_FILE) and obj["iteration"] == kill_at:
+            Path(pid_file).write_text(" ".join(str(p.pid) for p in mp.active_children()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(path, obj)
+
+    store.save_torch = save_torch
+    exit_with_main(argv)
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     base = ["train", "--env", ENV, "--algo", "promp", "--seed", "5", "--budget", str(16 * UNIT), "--workers", "2", "--quiet", *SET_ARGS]
     assert main([*base, "--out", str(tmp_path / "ref")]) == 0  # in this process: only the killed run needs its own
     run, pids = tmp_path / "killed", tmp_path / "pids"
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_ITERATION, "4", str(pids), *base, "--out", str(run)],
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert run_forked(_kill_at_iteration, 4, str(pids), [*base, "--out", str(run)]) == -signal.SIGKILL
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2  # the sampler's worker processes
     # orphaned workers notice their parent is gone and exit (no processes left behind)
