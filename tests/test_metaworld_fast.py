@@ -43,14 +43,16 @@ def _classes() -> dict:
     return ALL_V3_ENVIRONMENTS
 
 
-def _make_task(name: str, seed: int, partially_observable: bool):
+def _make_task(name: str, seed: int, partially_observable: bool, env=None):
     """A task of ``name`` drawn the way metaworld._make_tasks draws benchmark goals (one env
     reset with an unfrozen random vector, under a seeded global numpy RNG), without building
-    a whole benchmark."""
+    a whole benchmark. ``env``: an instance of the class to draw with (metaworld._make_tasks
+    also draws all goals of a class with one instance); by default a new one, closed afterwards."""
     import metaworld
 
     cls = _classes()[name]
-    env = cls()
+    own = env is None
+    env = cls() if own else env
     env._freeze_rand_vec = False
     env._set_task_called = True
     state = np.random.get_state()
@@ -60,7 +62,8 @@ def _make_task(name: str, seed: int, partially_observable: bool):
         rand_vec = env._last_rand_vec
     finally:
         np.random.set_state(state)
-        env.close()
+        if own:
+            env.close()
     return metaworld._encode_task(name, {"rand_vec": rand_vec, "env_cls": cls, "partially_observable": partially_observable})
 
 
@@ -167,7 +170,9 @@ def test_every_class_bit_identical_with_reset_cache(name):
     clear_reset_cache()
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     # A (goal visible: expert), B (hidden goal: random), A again (cached reset, noisy expert).
-    a, b = _make_task(name, 1, False), _make_task(name, 2, True)
+    drawer = _classes()[name]()
+    a, b = _make_task(name, 1, False, drawer), _make_task(name, 2, True, drawer)
+    drawer.close()
     counts = np.zeros(3, dtype=int)
     ref, fast = _pair(name, "v2")
     counts += run_pair(ref, fast, [a, b, a], [70, 30, 40], rng)
