@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_maml_batched import compare, config, fresh_agent
+from test_maml_batched import compare, config, sampled_rounds
 from test_metagrad import make_theta
 
 from agents import closed_form, maml, metagrad
@@ -140,55 +140,45 @@ def test_fisher_vector_product_is_the_finite_difference_hessian_of_the_adapted_k
 def test_analytic_trpo_maml_problem_equals_batched_and_reference(K, estimator, monkeypatch):
     """Gradient, Fisher-vector products (random vectors), loss and KL of the TRPO step on the
     same sampled PointGoal batch, tasks in uneven groups, protocol damping."""
-    from rlbench import seeding
-    from rlbench.sampler import Sampler
-    from rlbench.trainer import Trainer
-
     cfg = config("trpo-maml", K, estimator)
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
-    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
-        trainer = Trainer(cfg, sampler)
-        agents = {impl: fresh_agent(cfg, sampler, impl) for impl in maml.IMPLS}
-        trainer.agent = agents["reference"]
-        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
-        inner, post, _ = agents["reference"].sample_rounds(trainer.collect, tasks)
-        n = len(tasks)
-        problems = {"reference": agents["reference"].reference_problem(inner, post, n),
-                    "batched": agents["batched"].batched_problem(inner, post, n),
-                    "analytic": agents["analytic"].analytic_problem(inner, post, n)}
-        old_a, loss_a, kl_a, g_a, fvp_a = problems["analytic"]
-        gen = torch.Generator().manual_seed(5)
-        vs = [{k: torch.randn(x.shape, generator=gen, dtype=x.dtype) for k, x in old_a.items()} for _ in range(3)]
-        for name in ("batched", "reference"):
-            old_o, loss_o, kl_o, g_o, fvp_o = problems[name]
-            for k in old_o:
-                assert torch.equal(old_o[k], old_a[k])
-            close(g_a, g_o, 1e-10)
-            for v in vs:
-                fa = fvp_a(v)
-                assert list(fa) == list(v)
-                close(fa, fvp_o(v), 1e-10)
-                th = {k: x + 0.01 * v[k] for k, x in old_o.items()}
-                for point in (th, old_o, th):
-                    assert float(loss_a(point)) == pytest.approx(float(loss_o(point)), rel=1e-12, abs=1e-15)
-                    assert float(kl_a(point)) == pytest.approx(float(kl_o(point)), rel=1e-10, abs=1e-15)
-        # the whole TRPO step: conjugate gradient, step size, line search. At damping 1.0 the
-        # steps agree to 1e-8. At the protocol's damping (1e-5) the toy's Fisher is
-        # ill-conditioned enough that ten CG steps amplify float64 rounding to ~5e-7 of the
-        # step (K = 1; batched vs reference alike) and to ~1e-3 with K = 2 or the first-order
-        # estimator, so that comparison is made for exact K = 1 only.
-        checks = [(1.0, 1e-8, ("batched",))]
-        if (K, estimator) == (1, "second-order"):
-            checks.append((cfg.algo_cfg.cg_damping, 1e-5, ("batched", "reference")))
-        for damping, rtol, others in checks:
-            a = dataclasses.replace(cfg.algo_cfg, cg_damping=damping)
-            res = {name: trpo_step(*problems[name], a, a.max_kl) for name in ("analytic", *others)}
-            assert res["analytic"].accepted
-            for name in others:
-                assert (res["analytic"].accepted, res["analytic"].backtracks) == (res[name].accepted, res[name].backtracks)
-                step = lambda r: {k: r.params[k] - old_a[k] for k in old_a}
-                close_flat(step(res["analytic"]), step(res[name]), rtol)
-                assert res["analytic"].kl == pytest.approx(res[name].kl, rel=10 * rtol)
+    agents, inner, post, n = sampled_rounds(cfg, "reference")
+    problems = {"reference": agents["reference"].reference_problem(inner, post, n),
+                "batched": agents["batched"].batched_problem(inner, post, n),
+                "analytic": agents["analytic"].analytic_problem(inner, post, n)}
+    old_a, loss_a, kl_a, g_a, fvp_a = problems["analytic"]
+    gen = torch.Generator().manual_seed(5)
+    vs = [{k: torch.randn(x.shape, generator=gen, dtype=x.dtype) for k, x in old_a.items()} for _ in range(3)]
+    for name in ("batched", "reference"):
+        old_o, loss_o, kl_o, g_o, fvp_o = problems[name]
+        for k in old_o:
+            assert torch.equal(old_o[k], old_a[k])
+        close(g_a, g_o, 1e-10)
+        for v in vs:
+            fa = fvp_a(v)
+            assert list(fa) == list(v)
+            close(fa, fvp_o(v), 1e-10)
+            th = {k: x + 0.01 * v[k] for k, x in old_o.items()}
+            for point in (th, old_o, th):
+                assert float(loss_a(point)) == pytest.approx(float(loss_o(point)), rel=1e-12, abs=1e-15)
+                assert float(kl_a(point)) == pytest.approx(float(kl_o(point)), rel=1e-10, abs=1e-15)
+    # the whole TRPO step: conjugate gradient, step size, line search. At damping 1.0 the
+    # steps agree to 1e-8. At the protocol's damping (1e-5) the toy's Fisher is
+    # ill-conditioned enough that ten CG steps amplify float64 rounding to ~5e-7 of the
+    # step (K = 1; batched vs reference alike) and to ~1e-3 with K = 2 or the first-order
+    # estimator, so that comparison is made for exact K = 1 only.
+    checks = [(1.0, 1e-8, ("batched",))]
+    if (K, estimator) == (1, "second-order"):
+        checks.append((cfg.algo_cfg.cg_damping, 1e-5, ("batched", "reference")))
+    for damping, rtol, others in checks:
+        a = dataclasses.replace(cfg.algo_cfg, cg_damping=damping)
+        res = {name: trpo_step(*problems[name], a, a.max_kl) for name in ("analytic", *others)}
+        assert res["analytic"].accepted
+        for name in others:
+            assert (res["analytic"].accepted, res["analytic"].backtracks) == (res[name].accepted, res[name].backtracks)
+            step = lambda r: {k: r.params[k] - old_a[k] for k in old_a}
+            close_flat(step(res["analytic"]), step(res[name]), rtol)
+            assert res["analytic"].kl == pytest.approx(res[name].kl, rel=10 * rtol)
 
 
 @pytest.mark.parametrize("K,estimator", [(1, "second-order"), (2, "second-order"), (1, "first-order")])

@@ -38,6 +38,18 @@ def fresh_agent(cfg, sampler: Sampler, impl: str):
     return AGENTS[cfg.algo](cfg, policy, params, impl=impl)
 
 
+def sampled_rounds(cfg, via: str):
+    """An agent of every implementation, and one iteration's sampled rounds (inner, post) and
+    task count, sampled through the ``via`` agent."""
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        agents = {impl: fresh_agent(cfg, sampler, impl) for impl in maml.IMPLS}
+        trainer.agent = agents[via]
+        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
+        inner, post, _ = agents[via].sample_rounds(trainer.collect, tasks)
+    return agents, inner, post, len(tasks)
+
+
 def compare(cfg, iterations: int, group_tasks: int, monkeypatch, rtol: float, atol: float, impl: str = "batched") -> None:
     """Train the reference for ``iterations`` recording every batch, replay the same batches
     to the ``impl`` agent (default the batched one), and compare after every iteration."""

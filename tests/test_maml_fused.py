@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_closed_form import close
-from test_maml_batched import compare, config, fresh_agent
+from test_maml_batched import compare, config, fresh_agent, sampled_rounds
 
 from agents import maml
 from rlbench import seeding
@@ -33,14 +33,7 @@ def test_fused_trpo_maml_training_equals_reference(K, estimator, monkeypatch):
 
 def sampled(algo: str, K: int = 1, **algo_cfg):
     """An agent of each implementation and one iteration's sampled rounds (PointGoal, float64)."""
-    cfg = config(algo, K, "second-order", **algo_cfg)
-    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
-        trainer = Trainer(cfg, sampler)
-        agents = {impl: fresh_agent(cfg, sampler, impl) for impl in maml.IMPLS}
-        trainer.agent = agents["fused"]
-        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
-        inner, post, _ = agents["fused"].sample_rounds(trainer.collect, tasks)
-    return agents, inner, post, len(tasks)
+    return sampled_rounds(config(algo, K, "second-order", **algo_cfg), "fused")
 
 
 @pytest.mark.parametrize("K", [1, 2])
