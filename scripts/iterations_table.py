@@ -1,7 +1,9 @@
 """Print the rows of a ``scripts/bench_iterations.py`` JSON file as the markdown table used in
-results/bench/README.md (so the README's numbers are this script's output, not typed by hand).
+results/bench/README.md (so the README's numbers are this script's output, not typed by hand),
+and with ``--projection`` the paper-grid projection the file holds.
 
     python scripts/iterations_table.py results/bench/iterations_halfcheetah_fused.json
+    python scripts/iterations_table.py results/bench/iterations_projection_locomotion.json --projection
 """
 
 from __future__ import annotations
@@ -26,16 +28,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def projection_table(proj: dict) -> str:
+    """The file's ``projection``: per (env, algo) run at the paper's budget, and the grid total."""
+    lines = ["| run | wall h | core h | steps/s per core |", "|---|---|---|---|"]
+    for run, r in proj["per_run"].items():
+        lines.append(f"| {run.split('/')[-1]} | {r['run_wall_h']:.1f} | {r['run_core_h']:.1f} | {r['steps_per_s_per_core']:.0f} |")
+    lines += ["", f"Grid ({proj['seeds']} seeds per measured (environment, algorithm)): {proj['grid_core_h_measured_pairs']:,} "
+              f"core-hours, {proj['grid_wall_h_on_64_cores']:,} h on 64 cores."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("file", type=Path)
+    p.add_argument("--projection", action="store_true", help="also print the paper-grid projection the file holds")
     a = p.parse_args(argv)
     try:
-        rows = json.loads(a.file.read_text())["rows"]
-    except (OSError, ValueError, KeyError) as e:
+        data = json.loads(a.file.read_text())
+        rows = data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"iterations_table: error: {a.file}: not a bench_iterations.py output ({e})", file=sys.stderr)
         return 2
     print(table(rows))
+    if a.projection:
+        print()
+        print(projection_table(data["projection"]))
     return 0
 
 
