@@ -12,8 +12,10 @@ would mostly measure the neighbours. This script instead combines two recorded m
 For every Meta-World row, sampling time is divided by the speedup of ``--backend`` over
 ``gym`` (ML1-Push, ML1-Reach: that environment's ratio; ML10: the ratio of summed per-step
 times over the ML10 train classes; ML45: not measured per class, the ML10 figure is used and
-the row says so). Update time is kept. Other rows are copied. The projection is then
-recomputed with ``bench_iterations.project`` (same formula as the measured one).
+the row says so). Update time is kept. Other rows are copied; ``--replace FILE`` first swaps in
+the rows of other bench_iterations.py outputs for the same (env, algo) (e.g. locomotion
+re-measured on an idle machine). The projection is then recomputed with
+``bench_iterations.project`` (same formula as the measured one).
 
     python scripts/project_metaworld_paths.py --paths results/bench/metaworld_paths_*.json \
         --out results/bench/iterations_projection_metaworld.json
@@ -58,17 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="metaworld-batched")
     p.add_argument("--seeds", type=int, default=None, help="default: the iterations file's")
     p.add_argument("--cluster-cores", type=int, default=64)
+    p.add_argument("--replace", nargs="+", default=[], metavar="FILE",
+                   help="bench_iterations.py outputs whose rows replace the --iterations file's rows of the same "
+                        "(env, algo), e.g. locomotion re-measured on an idle machine")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     with open(a.iterations) as f:
         it = json.load(f)
+    replaced = []
+    for path in a.replace:
+        with open(path) as f:
+            replaced.extend(json.load(f)["rows"])
+    keys = {(r["env"], r["algo"]) for r in replaced}
+    it_rows = replaced + [r for r in it["rows"] if (r["env"], r["algo"]) not in keys]
     paths = []
     for path in a.paths:
         with open(path) as f:
             paths.append(json.load(f))
     sp = speedups(paths, a.backend)
     rows = []
-    for r in it["rows"]:
+    for r in it_rows:
         s = sp.get(r["env"])
         if s is None or r.get("backend") != "gym":
             rows.append(dict(r))
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = a.seeds or it["projection"]["seeds"]
     result = {
         "command": " ".join(["python", "scripts/project_metaworld_paths.py", *(argv if argv is not None else sys.argv[1:])]),
-        "inputs": {"iterations": a.iterations, "iterations_command": it["command"], "paths": a.paths,
+        "inputs": {"iterations": a.iterations, "iterations_command": it["command"], "replace": a.replace, "paths": a.paths,
                    "paths_commands": [q["command"] for q in paths], "backend": a.backend},
         "speedups": sp, "rows": rows, "projection": project(rows, seeds, a.cluster_cores),
         "projection_before": it["projection"],
