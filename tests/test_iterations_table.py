@@ -38,3 +38,28 @@ def test_not_a_bench_file_is_one_line_exit_2(tmp_path, capsys):
     assert _script().main([str(f)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a bench_iterations.py output" in err
+
+
+def test_project_metaworld_paths_replace_swaps_rows_of_the_same_env_and_algo(tmp_path, capsys):
+    """--replace: the committed idle locomotion rows replace the older ones (one row per
+    (env, algo), none lost), Meta-World rows are still projected, and the projection is
+    bench_iterations.project of the output rows."""
+    spec = importlib.util.spec_from_file_location("project_metaworld_paths", ROOT / "scripts" / "project_metaworld_paths.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bench = ROOT / "results" / "bench"
+    new = json.loads((bench / "iterations_projection_locomotion_idle.json").read_text())["rows"]
+    base = json.loads((bench / "iterations_projection.json").read_text())["rows"]
+    out = tmp_path / "p.json"
+    assert mod.main(["--iterations", str(bench / "iterations_projection.json"), "--paths",
+                     str(bench / "metaworld_paths_ml1_protocol_batch.json"), str(bench / "metaworld_paths_ml10_vectorised_idle.json"),
+                     "--replace", str(bench / "iterations_projection_locomotion_idle.json"), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    keys = [(r["env"], r["algo"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len({(r["env"], r["algo"]) for r in base} | {(r["env"], r["algo"]) for r in new})
+    by_key = dict(zip(keys, rows))
+    for r in new:
+        assert by_key[(r["env"], r["algo"])] == r
+    mw = [r for r in rows if "ML" in r["env"]]
+    assert mw and all(r["backend"] == "metaworld-batched" and r["sampling_speedup"] > 1 for r in mw)
+    assert json.loads(out.read_text())["projection"] == mod.project(rows, 5, 64)
