@@ -45,6 +45,7 @@ ends its episode (``terminated`` and ``unstable`` True): the fast path's rule.
 
 from __future__ import annotations
 
+import abc
 import warnings
 from typing import Any
 
@@ -123,7 +124,7 @@ _READ_FIELDS = {"xquat": (_OBJ.mjOBJ_BODY, 4), "geom_xpos": (_OBJ.mjOBJ_GEOM, 3)
                 "geom_xmat": (_OBJ.mjOBJ_GEOM, 9), "qpos": (_OBJ.mjOBJ_JOINT, 1)}
 
 
-class _Group:
+class _Group(abc.ABC):
     """The slots of one vectorised class: per-slot MuJoCo views and per-episode constants.
 
     Subclasses name what a step reads (``BODIES``/``SITES``: rows of ``xpos``/``site_xpos``;
@@ -263,13 +264,13 @@ class _Group:
         return obs, rew, succ, bad
 
     # -- per class ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def obj(self, m: int) -> tuple[np.ndarray, Any]:
         """``_get_pos_objects()`` [m, 3] and ``_get_quat_objects()`` [m, 4] (or a scalar)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reward(self, ep: dict[str, np.ndarray], obs: np.ndarray, tcp: np.ndarray, a: np.ndarray):
         """(reward [m] float64, success [m] 0.0/1.0) of ``compute_reward``/``evaluate_state`` (v2)."""
-        raise NotImplementedError
 
     def _quat_of(self, key: str, m: int) -> np.ndarray:
         """``Rotation.from_matrix(xmat.reshape(3, 3)).as_quat()`` per row (scipy's compiled routine)."""

@@ -126,13 +126,17 @@ def main() -> int:
             for impl in a.impls if _has_impls(algo) else [maml.IMPLS[0]]:
                 rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl))
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    result = {"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}
+    emit({"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}, a.out)
+    return 0
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print a benchmark's result as JSON and, with ``out``, write it there too (the bench scripts' one output path)."""
     text = json.dumps(result, indent=2)
     print(text)
-    if a.out:
-        with open(a.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ from rlbench import config, presets, seeding
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_iterations import emit  # noqa: E402
+
 
 def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: int, repeats: int) -> list[dict]:
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
@@ -99,11 +102,7 @@ def main() -> int:
         sampling = next(r["sampling_cpu_s"] for r in rows if r["algo"] == algo)
         summary[algo] = {"min_update_cpu_s": cpu, "cpu_ratio_to_" + a.impls[-1]: {i: cpu[i] / cpu[a.impls[-1]] for i in a.impls},
                          "sampling_cpu_s": sampling, "update_share_estimate": {i: cpu[i] / (cpu[i] + sampling) for i in a.impls}}
-    text = json.dumps({"command": " ".join(sys.argv), "rows": rows, "summary": summary}, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit({"command": " ".join(sys.argv), "rows": rows, "summary": summary}, a.out)
     return 0
 
 
