@@ -53,6 +53,18 @@ def speedups(paths: list[dict], backend: str) -> dict[str, dict]:
     return out
 
 
+def _load(iterations: str, replace: list[str], paths: list[str]) -> tuple[dict, list[dict], list[dict]]:
+    """The --iterations file, the rows of the --replace files, and the --paths files."""
+    def read(path: str) -> dict:
+        with open(path) as f:
+            return json.load(f)
+
+    it = read(iterations)
+    if not isinstance(it, dict) or "rows" not in it:
+        raise KeyError(f"{iterations} has no 'rows'")
+    return it, [r for path in replace for r in read(path)["rows"]], [read(path) for path in paths]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", default="results/bench/iterations_projection.json")
@@ -65,19 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                         "(env, algo), e.g. locomotion re-measured on an idle machine")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    with open(a.iterations) as f:
-        it = json.load(f)
-    replaced = []
-    for path in a.replace:
-        with open(path) as f:
-            replaced.extend(json.load(f)["rows"])
+    try:
+        it, replaced, paths = _load(a.iterations, a.replace, a.paths)
+        sp = speedups(paths, a.backend)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"project_metaworld_paths: error: an input is not a bench_iterations.py / bench_sampler.py "
+              f"--metaworld-paths output: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     keys = {(r["env"], r["algo"]) for r in replaced}
     it_rows = replaced + [r for r in it["rows"] if (r["env"], r["algo"]) not in keys]
-    paths = []
-    for path in a.paths:
-        with open(path) as f:
-            paths.append(json.load(f))
-    sp = speedups(paths, a.backend)
     rows = []
     for r in it_rows:
         s = sp.get(r["env"])

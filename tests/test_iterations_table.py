@@ -63,3 +63,12 @@ def test_project_metaworld_paths_replace_swaps_rows_of_the_same_env_and_algo(tmp
     mw = [r for r in rows if "ML" in r["env"]]
     assert mw and all(r["backend"] == "metaworld-batched" and r["sampling_speedup"] > 1 for r in mw)
     assert json.loads(out.read_text())["projection"] == mod.project(rows, 5, 64)
+    # a file that is not a bench output: one line, exit 2, nothing written
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    capsys.readouterr()
+    assert mod.main(["--iterations", str(bench / "iterations_projection.json"), "--paths", str(bench / "metaworld_paths_ml1_protocol_batch.json"),
+                     "--replace", str(bad), "--out", str(tmp_path / "q.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "project_metaworld_paths: error:" in err
+    assert not (tmp_path / "q.json").exists()
