@@ -75,6 +75,15 @@ class TaskDistribution(abc.ABC):
         passes a generator from a seed stream disjoint from training ("test-tasks").
         """
 
+    #: True when :meth:`stratified_test_tasks` is defined (tasks with one scalar parameter).
+    stratifiable: bool = False
+
+    def stratified_test_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        """``n`` meta-test tasks, task i drawn uniformly within the i-th of ``n`` equal-probability
+        strata of the task's scalar parameter (``eval.task_design: stratified``, docs/protocol.md
+        section 6.1). Only distributions with ``stratifiable = True`` define it."""
+        raise NotImplementedError(f"{type(self).__name__} has no stratified meta-test design")
+
     @abc.abstractmethod
     def describe(self) -> str:
         """One line: what varies between tasks."""

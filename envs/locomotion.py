@@ -283,6 +283,12 @@ class VelocityTasks(TaskDistribution):
     def test_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
         return self.sample(n, rng)
 
+    stratifiable = True
+
+    def stratified_test_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
+        u = (np.arange(int(n)) + rng.uniform(size=int(n))) / int(n)  # task i uniform in [i/n, (i+1)/n)
+        return [VelocityTask(float(v)) for v in self.low + (self.high - self.low) * u]
+
     def describe(self) -> str:
         return f"goal velocity ~ U[{self.low:g}, {self.high:g}] m/s"
 

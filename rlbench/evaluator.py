@@ -74,9 +74,28 @@ def gs_compat_lr(cfg: RunConfig) -> float:
     return registry.get(cfg.algo).gs_test_lr(cfg.algo_cfg)
 
 
+def draw_test_tasks(env_id: str, n_tasks: int, seed: int, design: str = "random") -> list[Any]:
+    """``n_tasks`` meta-test tasks of ``seed`` with the ``eval.task_design`` ``design``, from the
+    seed's "test-tasks" stream (docs/protocol.md section 6.1)."""
+    dist = envs.get_task_distribution(env_id)
+    rng = seeding.generator(seed, "test-tasks")
+    if design == "stratified":
+        check_task_design(env_id, design)
+        return dist.stratified_test_tasks(n_tasks, rng)
+    return dist.test_tasks(n_tasks, rng)
+
+
+def check_task_design(env_id: str, design: str) -> None:
+    """A usage error if ``env_id``'s tasks cannot be drawn with ``design``."""
+    dist = envs.get_task_distribution(env_id)
+    if design == "stratified" and not dist.stratifiable:
+        raise UsageError(f"eval.task_design: 'stratified' needs tasks with one scalar parameter; "
+                         f"{env_id} varies {dist.describe()} (use 'random')")
+
+
 def test_tasks(cfg: RunConfig) -> list[Any]:
     """The meta-test tasks of a seed: identical for every algorithm of that seed."""
-    return envs.get_task_distribution(cfg.env_id).test_tasks(cfg.eval.n_tasks, seeding.generator(cfg.seed, "test-tasks"))
+    return draw_test_tasks(cfg.env_id, cfg.eval.n_tasks, cfg.seed, cfg.eval.task_design)
 
 
 class PerTaskActor:

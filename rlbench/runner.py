@@ -22,7 +22,7 @@ import torch
 import envs
 from rlbench import backends, config, hooks, locking, store
 from rlbench.errors import UsageError
-from rlbench.evaluator import adaptation_rule
+from rlbench.evaluator import adaptation_rule, check_task_design
 from rlbench.hooks import NonFiniteError, TrainState  # noqa: F401 -- NonFiniteError re-exported
 from rlbench.sampler import STEPPERS, Sampler, resolve_backend
 from rlbench.settings import RunConfig
@@ -41,7 +41,10 @@ def comparability(cfg: RunConfig) -> dict[str, Any]:
         "advantage": config.to_dict(cfg.advantage),
         "budget": cfg.budget,
         "checkpoint_marks": cfg.checkpoint_marks,
-        "eval": {k: v for k, v in config.to_dict(cfg.eval).items() if k not in SPEED_ONLY_EVAL},
+        # task_design is recorded only when not the default, so runs made before the setting
+        # existed stay comparable with new runs of the same (random) design.
+        "eval": {k: v for k, v in config.to_dict(cfg.eval).items()
+                 if k not in SPEED_ONLY_EVAL and not (k == "task_design" and v == "random")},
         "test_time": adaptation_rule(cfg),
         # Which simulation code path steps the environments: recorded, but compare does not
         # require it to match (every path is bit-identical to the package's, by test).
@@ -81,6 +84,7 @@ def check_run(cfg: RunConfig, run_dir: Path, max_iterations: int | None = None) 
     """Everything about a run that can be checked without writing a file."""
     check_budget(cfg)
     check_backend(cfg)
+    check_task_design(cfg.env_id, cfg.eval.task_design)
     if max_iterations is not None and max_iterations < 0:
         raise UsageError(f"--max-iterations must be >= 0, got {max_iterations}")
     locking.check_out_path(run_dir)

@@ -23,6 +23,7 @@ __all__ = ["AdvantageConfig", "AlgoConfig", "EvalConfig", "ExperimentConfig", "M
            "RunConfig", "SamplerConfig", "SamplingUnit", "algo_keys"]
 
 SamplingUnit = Literal["steps", "episodes"]
+TaskDesign = Literal["random", "stratified"]
 
 
 def algo_keys() -> tuple[str, ...]:
@@ -85,6 +86,10 @@ class EvalConfig:
     # sides of a comparison are adapted by the same rule.
     adapt_lr: float = 0.0
     task_chunk: int = P.TASK_CHUNK  # tasks sampled together (speed/memory only: results do not depend on it)
+    # How a seed's meta-test tasks are drawn (docs/protocol.md section 6.1): random = independent
+    # draws; stratified = task i drawn uniformly within the i-th of n equal-probability strata of
+    # the task parameter (distributions with one scalar parameter only).
+    task_design: TaskDesign = "random"
 
     def validate(self, p: str = "") -> None:
         _check(self.n_tasks >= 1, p, "n_tasks", "must be >= 1")
@@ -92,6 +97,7 @@ class EvalConfig:
         _check(self.episodes_per_task >= 1, p, "episodes_per_task", "must be >= 1")
         _check(self.task_chunk >= 1, p, "task_chunk", "must be >= 1")
         _check(self.adapt_lr >= 0, p, "adapt_lr", "must be >= 0")
+        _check(self.task_design in ("random", "stratified"), p, "task_design", "must be 'random' or 'stratified'")
 
 
 @dataclass(frozen=True)
