@@ -47,7 +47,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: str, quiet: bool = True) -> dict[
     return {"run_dir": str(path), "status": meta["status"], "budget_used": meta["budget_used"], "eval_steps": meta.get("eval_steps", 0)}
 
 
-def _write_experiment(exp: ExperimentConfig, out: Path) -> None:
+def write_experiment(exp: ExperimentConfig, out: Path) -> None:
     path = out / store.EXPERIMENT_FILE
     text = yaml.safe_dump(config.to_dict(exp), sort_keys=False)
     if path.exists():
@@ -107,7 +107,7 @@ def check_experiment(exp: ExperimentConfig, out: Path) -> list[RunConfig]:
 def _run_experiment(exp: ExperimentConfig, out: Path, configs: list[RunConfig], parallel: int, ray_address: str | None,
                     ray_started: bool, quiet: bool, compare: bool, max_retries: int,
                     workers_per_run: int | None) -> dict[str, Any]:
-    _write_experiment(exp, out)
+    write_experiment(exp, out)
     if workers_per_run is None:  # sampler workers of each run
         workers_per_run = 1 if ray_address else (max(1, default_workers() // parallel) if parallel > 1 else 0)
     jobs = []

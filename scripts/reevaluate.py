@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rlbench import config, pairing, presets, store
 from rlbench.errors import USER_ERRORS, UsageError
-from rlbench.grid import run_dir_for
+from rlbench.grid import check_experiment, run_dir_for, write_experiment
 from rlbench.runner import SPEED_ONLY, check_run, comparability
 
 #: run.json keys of the old evaluation, dropped from the copy (recomputed by ``rlbench evaluate``).
@@ -38,13 +38,14 @@ TRAINING_FILES = (store.STATE_FILE, store.METRICS_FILE)
 
 
 def plan(experiment: str, src: Path, dest: Path, env_ids: list[str]) -> list[tuple]:
-    """(config, source run, destination run) per run of ``env_ids``, all checked; writes nothing."""
+    """The experiment and (config, source run, destination run) per run of ``env_ids``, all
+    checked; writes nothing."""
     exp = presets.load_experiment(experiment)
     unknown = [e for e in env_ids if e not in exp.envs]
     if unknown:
         raise UsageError(f"--env {unknown[0]} is not an environment of {exp.name} ({', '.join(exp.envs)})")
     jobs = []
-    for cfg in presets.experiment_run_configs(exp):
+    for cfg in check_experiment(exp, dest):  # DEST: new, empty, or holding this experiment
         if cfg.env_id not in env_ids:
             continue
         a, b = run_dir_for(src, cfg), run_dir_for(dest, cfg)
@@ -64,7 +65,7 @@ def plan(experiment: str, src: Path, dest: Path, env_ids: list[str]) -> list[tup
         jobs.append((cfg, a, b))
     if not jobs:
         raise UsageError(f"{exp.name} has no run of {', '.join(env_ids)}")
-    return jobs
+    return exp, jobs
 
 
 def copy_run(cfg, src: Path, dest: Path) -> None:
@@ -89,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", action="append", required=True, help="environment whose runs to copy (repeatable)")
     args = ap.parse_args(argv)
     try:
-        jobs = plan(args.experiment, args.src, args.dest, args.env)
+        exp, jobs = plan(args.experiment, args.src, args.dest, args.env)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    args.dest.mkdir(parents=True, exist_ok=True)
+    write_experiment(exp, args.dest)
     for cfg, a, b in jobs:
         copy_run(cfg, a, b)
     print(f"prepared {len(jobs)} runs in {args.dest} for re-evaluation; now run: rlbench run {args.experiment} "
