@@ -91,6 +91,30 @@ def seed_scores(df: pd.DataFrame, metric: str = "return") -> pd.DataFrame:
     return out.reset_index()
 
 
+def within_seed_se(values: np.ndarray | Iterable[float], design: str = "random") -> float:
+    """Standard error of the mean over a seed's meta-test tasks, for its ``eval.task_design``.
+
+    ``random``: ``std(ddof=1) / sqrt(n)``. ``stratified`` (one task per stratum, ``values`` in
+    stratum order = task order; docs/protocol.md section 6.1): the variance of a stratified
+    mean is ``sum_i sigma_i^2 / n^2``, where sigma_i^2 is the spread within stratum i. With one
+    task per stratum it is estimated from second differences of neighbouring strata,
+    ``sigma^2 = sum_i (y_{i-1} - 2 y_i + y_{i+1})^2 / (6 (n - 2))``, which cancels any linear
+    trend of the stratum means (with equal spreads, E (y_{i-1} - 2 y_i + y_{i+1})^2 = 6 sigma^2;
+    curvature across three strata only adds to it). Plain pairs of neighbours (the
+    collapsed-strata estimator) would count the trend between them as noise, several times
+    over when the task parameter explains most of the spread. Needs n >= 3 (NaN below)."""
+    y = _as_float(values)
+    n = y.size
+    if design == "random":
+        return float(np.std(y, ddof=1) / np.sqrt(n)) if n >= 2 else float("nan")
+    if design != "stratified":
+        raise ValueError(f"unknown task design {design!r} (random or stratified)")
+    if n < 3:
+        return float("nan")
+    sigma2 = float(np.sum((y[:-2] - 2 * y[1:-1] + y[2:]) ** 2) / (6 * (n - 2)))
+    return float(np.sqrt(sigma2 / n))
+
+
 # --------------------------------------------------------------------------- Welch t-test
 
 

@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-import envs
-from rlbench import config, seeding, stats, store
+from rlbench import config, stats, store
+from rlbench.evaluator import draw_test_tasks
 from rlbench.plots import algo_label, env_label
 from rlbench.settings import ExperimentConfig
 from rlbench.store import COMPARISON_DIR, EXPERIMENT_FILE
@@ -150,16 +150,37 @@ def recompute_report(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return stats.compare_cells(stats.seed_scores(df, "return"), a, b, "return")
 
 
-def per_seed_differences(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+def per_seed_differences(df: pd.DataFrame, a: str, b: str, designs: dict[str, str] | None = None) -> pd.DataFrame:
     """Per (env, seed, mark, update): the seed's DRS - MAML difference d_s (mean over tasks)
-    and its within-seed standard error (the SD over the seed's tasks of the per-task
-    differences, ddof 1, over sqrt(tasks): every algorithm of a seed meets the same tasks)."""
+    and its within-seed standard error over the seed's per-task differences (every algorithm
+    of a seed meets the same tasks), for the environment's meta-test task design
+    (``designs[env_id]``, default random; :func:`rlbench.stats.within_seed_se`)."""
     keys = ["env_id", "seed", "budget_mark", "test_update", "task"]
     wa = df[df["algo"] == a].set_index(keys)["return"]
     wb = df[df["algo"] == b].set_index(keys)["return"]
-    d = (wa - wb).dropna().rename("d").reset_index()
-    g = d.groupby(["env_id", "seed", "budget_mark", "test_update"])["d"]
-    return pd.DataFrame({"d": g.mean(), "se": g.std(ddof=1) / np.sqrt(g.size()), "n_tasks": g.size()}).reset_index()
+    d = (wa - wb).dropna().rename("d").reset_index().sort_values(keys)
+    return per_seed_means(d, ["env_id", "seed", "budget_mark", "test_update"], "d", designs)
+
+
+def per_seed_means(df: pd.DataFrame, keys: list[str], value: str, designs: dict[str, str] | None) -> pd.DataFrame:
+    """Per ``keys`` group (tasks in task order): the mean of ``value``, its within-seed SE for
+    the environment's task design, and the number of tasks."""
+    rows = []
+    for key, g in df.sort_values([*keys, "task"]).groupby(keys, sort=True):
+        design = (designs or {}).get(g["env_id"].iloc[0], "random")
+        y = g[value].to_numpy(float)
+        rows.append({**dict(zip(keys, key)), value: y.mean(), "se": stats.within_seed_se(y, design), "n_tasks": y.size})
+    return pd.DataFrame(rows)
+
+
+def task_designs(dest: Path) -> dict[str, str]:
+    """Each environment's ``eval.task_design``, from its runs' configs (one per environment:
+    ``rlbench compare`` refuses runs that differ in it)."""
+    out = {}
+    for path in sorted((dest / RUNS_DIR).rglob(store.CONFIG_FILE)):
+        cfg = config.load_yaml(path)
+        out[cfg["env_id"]] = cfg.get("eval", {}).get("task_design", "random")
+    return out
 
 
 def _t_interval(x: np.ndarray) -> tuple[float, float, float]:
@@ -262,17 +283,17 @@ def counts_table(reports: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def task_covariate(env_id: str, seed: int, n_tasks: int) -> np.ndarray | None:
+def task_covariate(env_id: str, seed: int, n_tasks: int, design: str = "random") -> np.ndarray | None:
     """The meta-test tasks' one scalar parameter (e.g. the goal velocity), recomputed from the
     seed as the evaluator draws them; None when a task has more or fewer than one float field."""
-    tasks = envs.get_task_distribution(env_id).test_tasks(n_tasks, seeding.generator(seed, "test-tasks"))
+    tasks = draw_test_tasks(env_id, n_tasks, seed, design)
     fields = [f.name for f in dataclasses.fields(tasks[0])] if dataclasses.is_dataclass(tasks[0]) else []
     if len(fields) != 1 or not isinstance(getattr(tasks[0], fields[0]), float):
         return None
     return np.array([getattr(t, fields[0]) for t in tasks])
 
 
-def _covariate_r2(df: pd.DataFrame, env_id: str, a: str, b: str, mark: int) -> float:
+def _covariate_r2(df: pd.DataFrame, env_id: str, a: str, b: str, mark: int, design: str) -> float:
     """Median over seeds of the share of the per-task DRS - MAML differences' variance (after 1
     test update) that a straight line in the task's scalar parameter explains; NaN without one."""
     keys = ["seed", "task"]
@@ -281,39 +302,44 @@ def _covariate_r2(df: pd.DataFrame, env_id: str, a: str, b: str, mark: int) -> f
     r2 = []
     for seed, ds in d.groupby(level="seed"):
         ds = ds.droplevel("seed").sort_index()
-        x = task_covariate(env_id, int(seed), int(ds.index.max()) + 1)
+        x = task_covariate(env_id, int(seed), int(ds.index.max()) + 1, design)
         if x is None:
             return float("nan")
         r2.append(sps.pearsonr(x[ds.index.to_numpy()], ds.to_numpy()).statistic ** 2)
     return float(np.median(r2))
 
 
-def noise_table(reports: dict, diffs: dict, df: pd.DataFrame) -> pd.DataFrame:
+def noise_table(reports: dict, diffs: dict, df: pd.DataFrame, designs: dict[str, str] | None = None) -> pd.DataFrame:
     """Within-seed standard error against seed-to-seed spread, after 1 test update, per checkpoint.
 
     The observed variance across seeds of a seed's difference d_s is the variance of the seeds'
     true differences plus the mean within-seed variance SE_s^2 (each seed draws its own meta-test
     tasks), so ``eval_share`` = mean(SE^2) / var(d_s) is the share of the observed spread that
     the task sample alone accounts for, and ``seed_sd_beyond_eval`` = sqrt(max(0, var(d_s) -
-    mean(SE^2))) the moment estimate of the spread between seeds' true differences."""
-    scores = stats.seed_scores(df, "return")
+    mean(SE^2))) the moment estimate of the spread between seeds' true differences. Every SE
+    is the one of the environment's task design (``task_design``; stratified designs remove
+    the task parameter's share of the task-to-task spread from it)."""
+    designs = designs or {}
+    first = df[df["test_update"] == 1]
+    scores = per_seed_means(first, ["env_id", "algo", "seed", "budget_mark"], "return", designs)
     rows = []
     for (env_id, a, b), rep in sorted(reports.items()):
         d = diffs[(a, b)]
         for mark in sorted(m for m in rep["budget_mark"].unique() if m > 0):
             c = d[(d["env_id"] == env_id) & (d["budget_mark"] == mark) & (d["test_update"] == 1)]
-            sc = scores[(scores["env_id"] == env_id) & (scores["budget_mark"] == mark) & (scores["test_update"] == 1)]
+            sc = scores[(scores["env_id"] == env_id) & (scores["budget_mark"] == mark)]
             var_d, mean_se2 = float(c["d"].var(ddof=1)), float((c["se"] ** 2).mean())
             rows.append({
                 "env_id": env_id, "pair": f"{a}:{b}", "budget_mark": int(mark),
-                "n_tasks": int(c["n_tasks"].min()), "n_seeds": int(c["seed"].nunique()),
+                "n_tasks": int(c["n_tasks"].min()), "task_design": designs.get(env_id, "random"),
+                "n_seeds": int(c["seed"].nunique()),
                 "diff_within_se_median": float(c["se"].median()),
                 "diff_between_seed_sd": float(np.sqrt(var_d)),
                 "eval_share": mean_se2 / var_d if var_d > 0 else float("inf"),
                 "seed_sd_beyond_eval": float(np.sqrt(max(0.0, var_d - mean_se2))),
-                "task_param_r2": _covariate_r2(df, env_id, a, b, int(mark)),
-                "score_within_se_median": float(sc[sc["algo"].isin([a, b])]["within_se"].median()),
-                "score_between_seed_sd_mean": float(sc[sc["algo"].isin([a, b])].groupby("algo")["score"]
+                "task_param_r2": _covariate_r2(df, env_id, a, b, int(mark), designs.get(env_id, "random")),
+                "score_within_se_median": float(sc[sc["algo"].isin([a, b])]["se"].median()),
+                "score_between_seed_sd_mean": float(sc[sc["algo"].isin([a, b])].groupby("algo")["return"]
                                                     .std(ddof=1).mean()),
             })
     return pd.DataFrame(rows)
@@ -406,10 +432,16 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
          "their task samples do), and *beyond evaluation* = sqrt(max(0, SD^2 - mean(SE^2))) estimates the "
          "spread of the seeds' true differences. *R^2, task parameter*: the median over seeds of the share of "
          "the per-task differences' variance explained by a straight line in the task's one scalar parameter "
-         "(the goal velocity; n/a when a task has several)."),
+         "(the goal velocity; n/a when a task has several). *Design*: how each seed's tasks were drawn "
+         "(`eval.task_design`, docs/protocol.md section 6.1): *random* = independent draws, SE = SD over tasks "
+         "/ sqrt(n); *stratified* = one goal velocity in each of n equal strata, SE by collapsed strata "
+         "(`rlbench.stats.within_seed_se`), which leaves out the part of the task-to-task spread that the "
+         "goal velocity explains."),
         "",
-        _md_table(nz, ["pair_label", "checkpoint", "n_tasks", "within", "between", "ratio", "share", "beyond", "r2"],
-                  ["environment, pair", "checkpoint (steps)", "meta-test tasks", "within-seed SE", "seed-to-seed SD",
+        _md_table(nz, ["pair_label", "checkpoint", "n_tasks", "task_design", "within", "between", "ratio", "share",
+                       "beyond", "r2"],
+                  ["environment, pair", "checkpoint (steps)", "meta-test tasks", "design", "within-seed SE",
+                   "seed-to-seed SD",
                    "ratio", "evaluation share", "seed SD beyond evaluation", "R^2, task parameter"]),
         "",
         "### Measured training rates, and one run at the paper's budget at that rate",
@@ -431,6 +463,7 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
 def report(dest: Path, update: Path | None) -> int:
     df = load_evaluations(dest)
     exp = config.load(ExperimentConfig, dest / EXPERIMENT_FILE)
+    designs = task_designs(dest)
     reports, diffs = {}, {}
     for a, b in pairs_of(dest):
         fresh = recompute_report(df, a, b)
@@ -443,9 +476,9 @@ def report(dest: Path, update: Path | None) -> int:
             return 1
         for env_id, rep in fresh.groupby("env_id"):
             reports[(env_id, a, b)] = rep.reset_index(drop=True)
-        diffs[(a, b)] = per_seed_differences(df, a, b)
+        diffs[(a, b)] = per_seed_differences(df, a, b, designs)
     claims = evaluate_claims(reports, diffs)
-    noise = noise_table(reports, diffs, df)
+    noise = noise_table(reports, diffs, df, designs)
     claims.to_csv(dest / "claims.csv", index=False)
     noise.to_csv(dest / "noise.csv", index=False)
     rates = rates_table(dest)
