@@ -156,3 +156,15 @@ def test_reevaluate_equals_training_with_the_new_settings(tmp_path, capsys):
     _one_line_error(capsys, mod.main([str(new), str(tmp_path / "a"), str(tmp_path / "e"), "--env", "rlbench/Nope-v0"]),
                     "not an environment")
     assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()
+
+
+def test_task_design_is_in_the_comparability_record_only_when_stratified():
+    """Runs made before the option existed (random tasks, no key) stay comparable with new
+    random-design runs; a stratified run never compares equal to a random one."""
+    from rlbench.presets import run_config
+    from rlbench.runner import comparability
+
+    rnd = comparability(run_config(CHEETAH, "drs-ppo", 1))
+    strat = comparability(run_config(CHEETAH, "drs-ppo", 1, overrides={"eval": {"task_design": "stratified"}}))
+    assert "task_design" not in rnd["eval"] and strat["eval"]["task_design"] == "stratified"
+    assert {k: v for k, v in strat["eval"].items() if k != "task_design"} == rnd["eval"]
