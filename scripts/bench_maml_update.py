@@ -38,7 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iterations import emit  # noqa: E402
 
 
-def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: int, repeats: int) -> list[dict]:
+def record(env_id: str, algo: str, fraction: float, threads: int, impl: str):
+    """Sample one iteration's rounds once at the protocol's batch shape (``fraction`` of its
+    tasks). Returns (fresh, tasks, log, sampling CPU seconds, backend): ``fresh(impl)`` makes
+    a new agent from the same initial parameters, ``log`` holds the recorded batches in the
+    order the agent asked for them (replay them to an agent's ``train_iteration``)."""
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks_n = max(1, round(cfg.sampler.meta_batch_size * fraction))
     cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks_n))
@@ -53,17 +57,21 @@ def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: in
         trainer = Trainer(cfg, sampler)
         tasks = trainer.tasks.sample(tasks_n, seeding.generator(cfg.seed, "train-tasks", 0))
         log: list = []
-
         sampling_cpu = [0.0]
 
-        def record(tasks_, params):
+        def record_(tasks_, params):
             c0 = time.process_time()
             log.append(trainer.collect(tasks_, params))
             sampling_cpu[0] += time.process_time() - c0
             return log[-1]
 
-        fresh(impls[0]).train_iteration(record, tasks)
-        backend = sampler.backend
+        fresh(impl).train_iteration(record_, tasks)
+        return fresh, tasks, log, sampling_cpu[0], sampler.backend
+
+
+def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: int, repeats: int) -> list[dict]:
+    fresh, tasks, log, sampling_cpu, backend = record(env_id, algo, fraction, threads, impls[0])
+    tasks_n = len(tasks)
     rows = []
     for rep in range(repeats):
         for impl in impls:
@@ -75,7 +83,7 @@ def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: in
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             rows.append({"env": env_id, "algo": algo, "impl": impl, "repeat": rep, "tasks": tasks_n, "torch_threads": threads,
                          "update_cpu_s": cpu, "update_wall_s": wall, "loadavg": [load, os.getloadavg()[0]],
-                         "sampling_cpu_s": sampling_cpu[0], "sampling_backend": backend, "sampling_rounds": len(log),
+                         "sampling_cpu_s": sampling_cpu, "sampling_backend": backend, "sampling_rounds": len(log),
                          "loss_after": metrics.get("train/loss", metrics.get("train/outer_loss"))})
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
