@@ -6,6 +6,11 @@ minimum over repeats reported:
 
 ``three_calls``     the ``mujoco-batched`` backend's loop (envs/locomotion_batched.py): per slot
                     ``mj_setState`` into a scratch MjData, ``mj_step`` x frame_skip, ``mj_getState``.
+``mjdata_per_slot`` the loop of ``MjDataPerSlotStepper`` (same module, not the backend): every
+                    slot has its own MjData; per slot a write to its cached ``ctrl`` view and
+                    ONE ``mj_step`` call, then qpos/qvel of all slots gathered by two
+                    ``np.concatenate`` of cached views (bit-identical to three_calls, warm
+                    start included: ``bit_identical_*``).
 ``rollout_per_slot`` one ``mujoco.rollout`` binding call per slot (nbatch 1) on the slot's own
                     MjData, whose ``qacc_warmstart`` is passed back in as ``initial_warmstart``:
                     keeps the warm start (``bit_identical_*`` compare the final states and
@@ -49,8 +54,8 @@ class Setup:
         self.st = BatchedLocomotionStepper(env_id, 200)
         tasks = envs.get_task_distribution(env_id).sample(n, np.random.default_rng(0))
         self.st.reset(tasks, np.arange(n) + 1)
-        self.state0 = self.st._state.copy()
-        self.models = self.st._models or [self.st.model] * n
+        self.state0 = self.st.state()
+        self.models = list(self.st._slot_models)
         self.actions = np.random.default_rng(1).uniform(-1, 1, (steps, n, self.st.act_dim))
         m = self.st.model
         self.nfull = mujoco.mj_stateSize(m, FULL)
@@ -129,11 +134,32 @@ def rollout_batched(s: Setup, nstep: int):
     return run
 
 
+def mjdata_per_slot(s: Setup, nstep: int):
+    datas = [mujoco.MjData(m) for m in s.models]
+    for m, d, x in zip(s.models, datas, s.state0):
+        mujoco.mj_setState(m, d, x, STATE_SPEC)
+    ctrls, qpos, qvel = [d.ctrl for d in datas], [d.qpos for d in datas], [d.qvel for d in datas]
+    step = mujoco.mj_step
+
+    def run() -> np.ndarray:
+        for a in s.actions:
+            for m, d, c, row in zip(s.models, datas, ctrls, a):
+                c[:] = row
+                step(m, d, nstep)
+            np.concatenate(qpos), np.concatenate(qvel)  # the observation's inputs, as in the backend
+        x = np.empty_like(s.state0)
+        for m, d, r in zip(s.models, datas, x):
+            mujoco.mj_getState(m, d, r, STATE_SPEC)
+        return x
+
+    return run
+
+
 def three_calls_zero_warmstart(s: Setup, nstep: int):
     return three_calls(s, nstep, zero_warmstart=True)
 
 
-VARIANTS = {"three_calls": three_calls, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
+VARIANTS = {"three_calls": three_calls, "mjdata_per_slot": mjdata_per_slot, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
             "three_calls_zero_warmstart": three_calls_zero_warmstart}
 
 
@@ -178,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rollout_batched_equals_three_calls_zero_warmstart": bool(np.array_equal(
             finals["rollout_batched"][:, : s.nfull], finals["three_calls_zero_warmstart"][:, : s.nfull])),
         "bit_identical_warmstart": {"rollout_per_slot": bool(np.array_equal(finals["rollout_per_slot"][:, s.warm], ref[:, s.warm])),
+                                    "mjdata_per_slot": bool(np.array_equal(finals["mjdata_per_slot"][:, s.warm], ref[:, s.warm])),
                                     "rollout_batched": None},
         "all_runs_us": runs,
         "load_average_start": load0, "load_average_end": os.getloadavg(),
