@@ -40,6 +40,11 @@ calls alone (2.6-3.2 us) and physics included. ``scripts/bench_sampler.py --conf
 mujoco-batched-rollout/all`` runs the (not bit-identical) one-call-per-step variant in the
 sampler.
 
+One MjData per slot, kept alive between steps as in the gym envs (:class:`MjDataPerSlotStepper`,
+bit-identical, full MjData state included), also makes a slot-step one binding call; it is
+not the backend because its working set is every slot's MjData instead of one per thread,
+which costs more than the calls save at the sampler's slot counts (see its docstring).
+
 Threads: ``mj_step`` releases the GIL, so ``threads > 1`` steps disjoint chunks of the
 active slots in parallel, each thread with its own scratch MjData. Results do not depend on
 the thread count or on how slots are chunked (each slot's step only reads its own row).
@@ -289,13 +294,23 @@ class MjDataPerSlotStepper(BatchedLocomotionStepper):
     to the gym envs, full MjData state included (tests/test_batched_backend.py); the
     persistent MjData is what each gym env has.
 
-    Not the backend: it saves ~0.2-1 us of binding calls per slot-step but every slot-step
-    touches its own MjData (~15 KB of arrays and ~30-35 KB of arena in these models) instead
-    of one scratch MjData that stays in cache, and at the sampler's slot counts (200-800) the
-    physics got slower than the calls saved (scripts/bench_sampler.py line
-    ``mujoco-batched-mjdata``, results/bench/README.md). Memory: ~0.3-0.46 MB resident per
-    slot (244-367 MB at 800 slots) plus an untouched arena reservation of 6-13.6 MB of address
-    space per MjData (model ``narena``).
+    Not the backend, because of the working set. The one call saves ~0.3-1 us of the ~2.4 us
+    of binding calls per slot-step (``scripts/bench_step_calls.py``, ``us_per_slot_calls_only``:
+    the ctrl write and the gather are not free), but every slot-step now runs in the slot's
+    own MjData (15 KB of arrays, ~31-35 KB of arena and 2.5-4 KB of stack in use in these
+    models) instead of in one scratch MjData per thread that stays in L1/L2 while only a
+    ~200-270-byte state row per slot moves. HalfCheetah, one thread, process CPU
+    time, load ~4 on 2 cores: per slot-step it was 0.2-6 us cheaper at 2-128 slots (all
+    MjData fit in the last-level cache) and 23 us dearer at 512 slots (~28 MB of MjData);
+    in the sampler at 10 tasks x 20 slots it ran at ~0.85 of the backend's steps per CPU
+    second with 2 threads and 0.88-0.97 with one (per-repeat medians of two runs of
+    ``scripts/bench_sampler.py --configs mujoco-batched/1
+    mujoco-batched/all mujoco-batched-mjdata/1 mujoco-batched-mjdata/all``). The paper's
+    batch (800 slots, ~45 MB of MjData) is beyond the cache of the machines measured.
+    Memory (``scripts/bench_step_calls.py --memory-slots 800``): ~0.45 MB resident per slot,
+    360-370 MB at 800 slots for each of the four environments, plus an untouched arena
+    reservation (model ``narena``: 6 MB HalfCheetah, 13 MB the others) of address space per
+    MjData (4.8-10.4 GB at 800 slots; not resident).
     """
 
     def __init__(self, env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):

@@ -122,8 +122,11 @@ def test_bench_step_calls_per_slot_rollout_keeps_the_bits(capsys):
     spec = importlib.util.spec_from_file_location("bench_step_calls", ROOT / "scripts" / "bench_step_calls.py")
     calls = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(calls)
-    r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1"])
+    r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1", "--memory-slots", "3"])
     assert r["bit_identical_state"]["rollout_per_slot"] and r["bit_identical_warmstart"]["rollout_per_slot"]
+    assert r["bit_identical_state"]["mjdata_per_slot"] and r["bit_identical_warmstart"]["mjdata_per_slot"]
+    mem = r["mjdata_memory"]
+    assert mem["slots"] == 3 and 0 < mem["maxuse_arena_bytes"] <= mem["narena_bytes"] and mem["nbuffer_bytes"] > 0
     assert r["rollout_batched_equals_three_calls_zero_warmstart"]
     assert not r["bit_identical_state"]["three_calls_zero_warmstart"]  # the warm start matters (Hopper: at once)
     assert set(r["us_per_slot_step"]) == set(r["us_per_slot_calls_only"]) == set(calls.VARIANTS)
