@@ -305,8 +305,9 @@ class MjDataPerSlotStepper(BatchedLocomotionStepper):
     in the sampler at 10 tasks x 20 slots it ran at ~0.85 of the backend's steps per CPU
     second with 2 threads and 0.88-0.97 with one (per-repeat medians of two runs of
     ``scripts/bench_sampler.py --configs mujoco-batched/1
-    mujoco-batched/all mujoco-batched-mjdata/1 mujoco-batched-mjdata/all``). The paper's
-    batch (800 slots, ~45 MB of MjData) is beyond the cache of the machines measured.
+    mujoco-batched/all mujoco-batched-mjdata/1 mujoco-batched-mjdata/all``), and at the
+    paper's 40 x 20 slots (``--fraction 1.0``; ~45 MB of MjData, beyond the 32 MB
+    last-level cache) at 0.74 with 2 threads and 0.82 with one (3 repeats, each below 0.93).
     Memory (``scripts/bench_step_calls.py --memory-slots 800``): ~0.45 MB resident per slot,
     360-370 MB at 800 slots for each of the four environments, plus an untouched arena
     reservation (model ``narena``: 6 MB HalfCheetah, 13 MB the others) of address space per
