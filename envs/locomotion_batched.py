@@ -40,6 +40,11 @@ calls alone (2.6-3.2 us) and physics included. ``scripts/bench_sampler.py --conf
 mujoco-batched-rollout/all`` runs the (not bit-identical) one-call-per-step variant in the
 sampler.
 
+One MjData per slot, kept alive between steps as in the gym envs (:class:`MjDataPerSlotStepper`,
+bit-identical, full MjData state included), also makes a slot-step one binding call; it is
+not the backend because its working set is every slot's MjData instead of one per thread,
+which costs more than the calls save at the sampler's slot counts (see its docstring).
+
 Threads: ``mj_step`` releases the GIL, so ``threads > 1`` steps disjoint chunks of the
 active slots in parallel, each thread with its own scratch MjData. Results do not depend on
 the thread count or on how slots are chunked (each slot's step only reads its own row).
@@ -127,6 +132,7 @@ class BatchedLocomotionStepper:
         self.obs_dim = (m.nq - 1) + m.nv
         self.act_dim = m.nu
         self.nq, self.nv = m.nq, m.nv
+        # Layout of a STATE_SPEC vector (what :meth:`state` returns, one row per slot).
         self.nstate = mujoco.mj_stateSize(m, STATE_SPEC)
         self._qpos = slice(_state_offset(m, mujoco.mjtState.mjSTATE_QPOS), _state_offset(m, mujoco.mjtState.mjSTATE_QPOS) + m.nq)
         self._qvel = slice(_state_offset(m, mujoco.mjtState.mjSTATE_QVEL), _state_offset(m, mujoco.mjtState.mjSTATE_QVEL) + m.nv)
@@ -136,13 +142,15 @@ class BatchedLocomotionStepper:
         fresh = mujoco.MjData(m)
         self.init_qpos = fresh.qpos.ravel().copy()
         self.init_qvel = fresh.qvel.ravel().copy()
-        self._scratch = [mujoco.MjData(m) for _ in range(self.threads)]
         self._pool = ThreadPoolExecutor(max_workers=self.threads - 1) if self.threads > 1 else None
-        self._state = np.zeros((0, self.nstate))
-        self._rows: list[np.ndarray] = []
+        self._n = 0
         self._goal = np.zeros(0)
         self._models: list[mujoco.MjModel] = []  # rand-params: one per slot
         self._model_tasks: list[Any] = []  # the task each per-slot model currently holds
+        self._slot_models: list[mujoco.MjModel] = []  # the model of each current slot
+        self._scratch: list[mujoco.MjData] = []  # one per thread, made at the first reset
+        self._state = np.zeros((0, self.nstate))
+        self._rows: list[np.ndarray] = []
 
     # -- Stepper protocol -------------------------------------------------------------------
     def reset(self, tasks: list[Any], seeds: np.ndarray) -> np.ndarray:
@@ -150,15 +158,16 @@ class BatchedLocomotionStepper:
         n = len(tasks)
         for t in tasks:
             self._dist.validate(t)
-        self._state = np.zeros((n, self.nstate))
-        self._rows = list(self._state)  # row views, made once (the physics loop is per slot)
+        self._n = n
         if self.spec.task_kind == "velocity":
             self._goal = np.array([t.goal_velocity for t in tasks], dtype=np.float64)
         else:
             self._goal = np.zeros(n)
             self._set_param_models(tasks)
-        self._reset_slots(np.arange(n), seeds)
-        return observation(self.spec, self._state[:, self._qpos], self._state[:, self._qvel])
+        self._alloc(n)
+        slots = np.arange(n)
+        self._reset_slots(slots, seeds)
+        return self._observe(slots)
 
     def step(self, actions: np.ndarray, active: np.ndarray, reset_seeds: np.ndarray | None = None):
         """Step the active slots by one environment step (frame_skip physics steps).
@@ -168,7 +177,7 @@ class BatchedLocomotionStepper:
         zeros/False and are not stepped. With ``reset_seeds``, slots that terminated are reset
         in the same call (as ``env.reset(seed=reset_seeds[i])``) and return the reset observation.
         """
-        n = self._state.shape[0]
+        n = self._n
         obs = np.zeros((n, self.obs_dim))
         rew = np.zeros(n)
         term = np.zeros(n, dtype=bool)
@@ -180,12 +189,9 @@ class BatchedLocomotionStepper:
         all_active = idx.size == n
         sel = slice(None) if all_active else idx
         a = np.clip(np.asarray(actions, dtype=np.float64)[sel], -1.0, 1.0)
-        state = self._state
-        state[sel, self._ctrl] = a
-        x_before = state[sel, self._qpos.start].copy()
-        self._physics(idx)
-        s = state if all_active else state[idx]
-        qpos, qvel = s[:, self._qpos], s[:, self._qvel]
+        x_before = self._torso_x(sel)
+        self._physics(idx, a)
+        qpos, qvel = self._gather(idx, all_active)
         velocity = (qpos[:, 0] - x_before) / self.dt
         rew[sel] = reward(self.spec, velocity, a, self._goal[sel])
         term[sel] = ~is_healthy(self.spec, qpos, qvel)
@@ -195,15 +201,28 @@ class BatchedLocomotionStepper:
         if reset_seeds is not None and term.any():
             ended = np.flatnonzero(term)
             self._reset_slots(ended, np.asarray(reset_seeds)[ended])
-            obs[ended] = observation(self.spec, self._state[ended][:, self._qpos], self._state[ended][:, self._qvel])
+            obs[ended] = self._observe(ended)
         return obs, rew, term, succ, unstable
+
+    def state(self) -> np.ndarray:
+        """[n, nstate]: every current slot's STATE_SPEC vector (time, qpos, qvel, act,
+        qacc_warmstart, ctrl), a copy."""
+        return self._state.copy()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    # -- internals --------------------------------------------------------------------------
+    # -- internals (the hooks :class:`MjDataPerSlotStepper` overrides) ------------------------
+    def _alloc(self, n: int) -> None:
+        """Storage for ``n`` slots: one STATE_SPEC row each, and the scratch MjData per thread."""
+        if not self._scratch:
+            self._scratch = [mujoco.MjData(self.model) for _ in range(self.threads)]
+        self._slot_models = self._models[:n] if self._models else [self.model] * n
+        self._state = np.zeros((n, self.nstate))
+        self._rows = list(self._state)  # row views, made once (the physics loop is per slot)
+
     def _reset_slots(self, slots: np.ndarray, seeds: np.ndarray) -> None:
         """Reset slots[j] as ``LocomotionMetaEnv.reset(seed=seeds[j])`` would (task kept)."""
         d = self._scratch[0]
@@ -213,12 +232,26 @@ class BatchedLocomotionStepper:
             # MujocoEnv.reset then runs mj_resetData, reset_model (noise, set_state: mj_forward).
             rng, _ = seeding.np_random(int(seed))
             qpos, qvel = reset_state(self.spec, self.init_qpos, self.init_qvel, rng)
-            m = self._models[i] if self._models else self.model
+            m = self._slot_models[i]
             mujoco.mj_resetData(m, d)
             qpv[: self.nq], qpv[self.nq :] = qpos, qvel
             mujoco.mj_setState(m, d, qpv, _QPOS_QVEL)
             mujoco.mj_forward(m, d)  # also sets qacc_warmstart, as in the gym env
             mujoco.mj_getState(m, d, self._state[i], STATE_SPEC)
+
+    def _observe(self, slots: np.ndarray) -> np.ndarray:
+        """Observations of ``slots`` from their current state."""
+        s = self._state[slots]
+        return observation(self.spec, s[:, self._qpos], s[:, self._qvel])
+
+    def _torso_x(self, sel: slice | np.ndarray) -> np.ndarray:
+        """The torso x of the selected slots before the step (a copy)."""
+        return self._state[sel, self._qpos.start].copy()
+
+    def _gather(self, idx: np.ndarray, all_active: bool) -> tuple[np.ndarray, np.ndarray]:
+        """qpos [k, nq], qvel [k, nv] of the slots ``idx`` just stepped."""
+        s = self._state if all_active else self._state[idx]
+        return s[:, self._qpos], s[:, self._qvel]
 
     def _set_param_models(self, tasks: list[Any]) -> None:
         while len(self._models) < len(tasks):
@@ -230,7 +263,9 @@ class BatchedLocomotionStepper:
                 apply_params(self._models[i], self._original, task)
                 self._model_tasks[i] = task
 
-    def _physics(self, idx: np.ndarray) -> None:
+    def _physics(self, idx: np.ndarray, a: np.ndarray) -> None:
+        """Step slots ``idx`` with clipped actions ``a`` (row j for slot idx[j]), in threads."""
+        self._state[idx, self._ctrl] = a
         if self._pool is None or idx.size < 2 * self.threads:
             self._run(idx.tolist(), self._scratch[0])
             return
@@ -243,21 +278,135 @@ class BatchedLocomotionStepper:
     def _run(self, slots: list[int], d: mujoco.MjData) -> None:
         """Load each slot into scratch data ``d``, mj_step frame_skip times (GIL released), store back."""
         set_state, get_state, step = mujoco.mj_setState, mujoco.mj_getState, mujoco.mj_step
-        rows, spec, fs = self._rows, STATE_SPEC, self.frame_skip
-        if self._models:
-            models = self._models
-            for i in slots:
-                m, x = models[i], rows[i]
-                set_state(m, d, x, spec)
-                step(m, d, fs)
-                get_state(m, d, x, spec)
-        else:
-            m = self.model
-            for i in slots:
-                x = rows[i]
-                set_state(m, d, x, spec)
-                step(m, d, fs)
-                get_state(m, d, x, spec)
+        rows, models, spec, fs = self._rows, self._slot_models, STATE_SPEC, self.frame_skip
+        for i in slots:
+            m, x = models[i], rows[i]
+            set_state(m, d, x, spec)
+            step(m, d, fs)
+            get_state(m, d, x, spec)
 
 
-__all__ = ["STATE_SPEC", "BatchedLocomotionStepper", "supports"]
+class MjDataPerSlotStepper(BatchedLocomotionStepper):
+    """The same stepper with ONE MjData PER SLOT, kept alive between steps and batches, instead
+    of state rows and a scratch MjData per thread: a slot-step is a write to the slot's cached
+    ``ctrl`` view and one binding call (``mj_step``), and qpos/qvel of the stepped slots are
+    copied out with two ``np.concatenate`` of cached views. Bit-identical to the backend and
+    to the gym envs, full MjData state included (tests/test_batched_backend.py); the
+    persistent MjData is what each gym env has.
+
+    Not the backend, because of the working set. The one call saves ~0.3-1 us of the ~2.4 us
+    of binding calls per slot-step (``scripts/bench_step_calls.py``, ``us_per_slot_calls_only``:
+    the ctrl write and the gather are not free), but every slot-step now runs in the slot's
+    own MjData (15 KB of arrays, ~31-35 KB of arena and 2.5-4 KB of stack in use in these
+    models) instead of in one scratch MjData per thread that stays in L1/L2 while only a
+    ~200-270-byte state row per slot moves. HalfCheetah, one thread, process CPU
+    time, load ~4 on 2 cores: per slot-step it was 0.2-6 us cheaper at 2-128 slots (all
+    MjData fit in the last-level cache) and 23 us dearer at 512 slots (~28 MB of MjData);
+    in the sampler at 10 tasks x 20 slots it ran at ~0.85 of the backend's steps per CPU
+    second with 2 threads and 0.88-0.97 with one (per-repeat medians of two runs of
+    ``scripts/bench_sampler.py --configs mujoco-batched/1
+    mujoco-batched/all mujoco-batched-mjdata/1 mujoco-batched-mjdata/all``), and at the
+    paper's 40 x 20 slots (``--fraction 1.0``; ~45 MB of MjData, beyond the 32 MB
+    last-level cache) at 0.74 with 2 threads and 0.82 with one (3 repeats, each below 0.93).
+    Memory (``scripts/bench_step_calls.py --memory-slots 800``): ~0.45 MB resident per slot,
+    360-370 MB at 800 slots for each of the four environments, plus an untouched arena
+    reservation (model ``narena``: 6 MB HalfCheetah, 13 MB the others) of address space per
+    MjData (4.8-10.4 GB at 800 slots; not resident).
+    """
+
+    def __init__(self, env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+        super().__init__(env_id, horizon, env_kwargs, threads)
+        # One MjData per slot, kept from batch to batch (grown when a batch has more slots),
+        # with numpy views of its ctrl, qpos and qvel made once.
+        self._datas: list[mujoco.MjData] = []
+        self._ctrl_views: list[np.ndarray] = []
+        self._qpos_views: list[np.ndarray] = []
+        self._qvel_views: list[np.ndarray] = []
+        self._slot_qpos: list[np.ndarray] = []  # the current slots' views
+        self._slot_qvel: list[np.ndarray] = []
+        # Copies of every current slot's qpos/qvel (the torso x before a step, reset observations).
+        self._q = np.zeros((0, self.nq))
+        self._v = np.zeros((0, self.nv))
+
+    def state(self) -> np.ndarray:
+        """[n, nstate]: the STATE_SPEC vectors, read from the slots' MjData (tools and tests only)."""
+        out = np.empty((self._n, self.nstate))
+        for i in range(self._n):
+            mujoco.mj_getState(self._slot_models[i], self._datas[i], out[i], STATE_SPEC)
+        return out
+
+    def _alloc(self, n: int) -> None:
+        """Per-slot MjData (and views) for ``n`` slots. An MjData depends on its model's sizes
+        only, which a task never changes (apply_params rewrites parameter arrays in place, read
+        at every step), so a slot's MjData stays valid across tasks and batches; every reset
+        overwrites its whole state (mj_resetData)."""
+        models = self._models[:n] if self._models else [self.model] * n
+        for i in range(len(self._datas), n):
+            d = mujoco.MjData(models[i])
+            self._datas.append(d)
+            self._ctrl_views.append(d.ctrl)
+            self._qpos_views.append(d.qpos)
+            self._qvel_views.append(d.qvel)
+        self._slot_models = models
+        self._slot_qpos, self._slot_qvel = self._qpos_views[:n], self._qvel_views[:n]
+        self._q = np.zeros((n, self.nq))
+        self._v = np.zeros((n, self.nv))
+
+    def _reset_slots(self, slots: np.ndarray, seeds: np.ndarray) -> None:
+        """Reset slots[j] as ``LocomotionMetaEnv.reset(seed=seeds[j])`` would (task kept)."""
+        qpv = np.empty(self.nq + self.nv)
+        for i, seed in zip(slots.tolist(), seeds):
+            # gymnasium's Env.reset(seed=...) seeds np_random with seeding.np_random(seed);
+            # MujocoEnv.reset then runs mj_resetData, reset_model (noise, set_state: mj_forward).
+            rng, _ = seeding.np_random(int(seed))
+            qpos, qvel = reset_state(self.spec, self.init_qpos, self.init_qvel, rng)
+            m, d = self._slot_models[i], self._datas[i]
+            mujoco.mj_resetData(m, d)
+            qpv[: self.nq], qpv[self.nq :] = qpos, qvel
+            mujoco.mj_setState(m, d, qpv, _QPOS_QVEL)
+            mujoco.mj_forward(m, d)  # also sets qacc_warmstart, as in the gym env
+            self._q[i] = self._qpos_views[i]
+            self._v[i] = self._qvel_views[i]
+
+    def _observe(self, slots: np.ndarray) -> np.ndarray:
+        return observation(self.spec, self._q[slots], self._v[slots])
+
+    def _torso_x(self, sel: slice | np.ndarray) -> np.ndarray:
+        """The torso x of the selected slots before the step (a copy)."""
+        return self._q[sel, 0].copy()
+
+    def _gather(self, idx: np.ndarray, all_active: bool) -> tuple[np.ndarray, np.ndarray]:
+        """qpos [k, nq], qvel [k, nv] of the slots ``idx`` just stepped, copied out of their MjData."""
+        if all_active:
+            q = np.concatenate(self._slot_qpos).reshape(-1, self.nq)
+            v = np.concatenate(self._slot_qvel).reshape(-1, self.nv)
+            self._q, self._v = q, v
+            return q, v
+        ids = idx.tolist()
+        qv, vv = self._qpos_views, self._qvel_views
+        q = np.concatenate([qv[i] for i in ids]).reshape(-1, self.nq)
+        v = np.concatenate([vv[i] for i in ids]).reshape(-1, self.nv)
+        self._q[idx], self._v[idx] = q, v
+        return q, v
+
+    def _physics(self, idx: np.ndarray, a: np.ndarray) -> None:
+        """Step slots ``idx`` with clipped actions ``a`` (row j for slot idx[j]), in threads."""
+        if self._pool is None or idx.size < 2 * self.threads:
+            self._run(idx.tolist(), a)
+            return
+        parts = np.array_split(np.arange(idx.size), self.threads)
+        futures = [self._pool.submit(self._run, idx[p].tolist(), a[p]) for p in parts[1:]]
+        self._run(idx[parts[0]].tolist(), a[parts[0]])
+        for f in futures:
+            f.result()
+
+    def _run(self, slots: list[int], a: np.ndarray) -> None:  # type: ignore[override]
+        """Per slot: write its ctrl, then ONE binding call, mj_step frame_skip times (GIL released)."""
+        step, fs = mujoco.mj_step, self.frame_skip
+        models, datas, ctrls = self._slot_models, self._datas, self._ctrl_views
+        for i, row in zip(slots, a):
+            ctrls[i][:] = row
+            step(models[i], datas[i], fs)
+
+
+__all__ = ["STATE_SPEC", "BatchedLocomotionStepper", "MjDataPerSlotStepper", "supports"]

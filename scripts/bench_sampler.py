@@ -30,7 +30,11 @@ For each environment:
     ``mujoco-batched-rollout`` line (:class:`RolloutStepper`, NOT bit-identical, measurement
     only) makes the batched stepper's physics with one ``mujoco.rollout`` call per
     environment step; its episodes drift from the exact ones (no warm start out of rollout),
-    so its replay ratio compares it with the physics of the exact backend's episodes.
+    so its replay ratio compares it with the physics of the exact backend's episodes. The
+    optional ``mujoco-batched-mjdata`` line (:class:`envs.locomotion_batched.MjDataPerSlotStepper`,
+    bit-identical, not the backend) keeps one MjData per slot alive between steps: one
+    ``mj_step`` binding call per slot-step instead of the backend's three on a scratch MjData
+    per thread, but a working set of the MjData of every slot instead of one per thread.
 
 Per CPU second: lines that run in this process (the threaded backends, 1-worker lines, the
 replay) also report ``steps_per_cpu_s`` (``*_per_cpu_s`` for the replay): env steps per
@@ -78,8 +82,8 @@ from mujoco import rollout
 
 import envs
 from agents.policy import GaussianMLPPolicy
-from envs.locomotion import RandParamsTask
-from envs.locomotion_batched import BatchedLocomotionStepper
+from envs.locomotion import RandParamsTask, observation
+from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, MjDataPerSlotStepper
 from rlbench import backends
 from rlbench.sampler import STEPPERS, Sampler, default_workers
 
@@ -92,6 +96,14 @@ TIME_BUDGET = 0.5  # seconds per mj_step / gym-loop measurement
 def _processes_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None):
     """The batched stepper behind worker processes, one thread each (not registered outside this script)."""
     return backends.mujoco_batched(env_id, horizon, env_kwargs, threads=1)
+
+
+def _mjdata_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+    """The ``mujoco-batched-mjdata`` line: the batched stepper with one MjData per slot."""
+    return MjDataPerSlotStepper(env_id, horizon, env_kwargs, threads=threads)
+
+
+_mjdata_backend.threaded = True  # type: ignore[attr-defined]
 
 
 class RolloutStepper(BatchedLocomotionStepper):
@@ -121,9 +133,10 @@ class RolloutStepper(BatchedLocomotionStepper):
         self.nfull = mujoco.mj_stateSize(self.model, int(mujoco.mjtState.mjSTATE_FULLPHYSICS))
         assert self.nfull == 1 + self.nq + self.nv + self.model.na
 
-    def _physics(self, idx: np.ndarray) -> None:
+    def _physics(self, idx: np.ndarray, a: np.ndarray) -> None:
+        self._state[idx, self._ctrl] = a
         s = self._state[idx]
-        models = [self._models[i] for i in idx.tolist()] if self._models else [self.model] * idx.size
+        models = [self._slot_models[i] for i in idx.tolist()]
         state0 = np.ascontiguousarray(s[:, : self.nfull])
         ctrl = np.ascontiguousarray(np.repeat(s[:, None, self._ctrl], self.frame_skip, axis=1))
         out = np.empty((idx.size, self.frame_skip, self.nfull))
@@ -295,22 +308,20 @@ def replay_limits(env_id: str, timed: _Timed, rng_seed: int, batch) -> dict[str,
     models, warm start included), each episode for exactly its recorded length (one rollout
     call per distinct length). Also checks the replay ends in the batch's ``last_obs``.
     """
-    from envs.locomotion import observation
-    from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper
-
     T, E, H = batch.obs.shape[:3]
     n = T * E
     slot_tasks = [t for t in timed.tasks for _ in range(E)]
     seeds = np.random.default_rng(rng_seed).integers(0, 2**31 - 1, size=n)  # Sampler.collect's first draw
     stepper = BatchedLocomotionStepper(env_id, H)
     stepper.reset(slot_tasks, seeds)
-    models = stepper._models or [stepper.model] * n
+    models = list(stepper._slot_models)
     full = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
     scratch = mujoco.MjData(stepper.model)
     state0 = np.empty((n, mujoco.mj_stateSize(stepper.model, full)))
     warm0 = np.empty((n, stepper.nv))
+    reset_states = stepper.state()
     for i in range(n):
-        mujoco.mj_setState(models[i], scratch, stepper._state[i], STATE_SPEC)
+        mujoco.mj_setState(models[i], scratch, reset_states[i], STATE_SPEC)
         mujoco.mj_getState(models[i], scratch, state0[i], full)
         warm0[i] = scratch.qacc_warmstart
     fs = stepper.frame_skip
@@ -349,9 +360,10 @@ def _env_id(name: str) -> str:
 
 #: (c) sampler lines, "backend/workers" ("all" = --workers); the default set is the first five.
 CONFIGS = ["gym/1", "gym/all", "mujoco-batched/1", "mujoco-batched/all", "mujoco-batched-processes/all",
-           "mujoco-batched-rollout/1", "mujoco-batched-rollout/all"]
+           "mujoco-batched-rollout/1", "mujoco-batched-rollout/all",
+           "mujoco-batched-mjdata/1", "mujoco-batched-mjdata/all"]
 DEFAULT_CONFIGS = CONFIGS[:5]
-LOCOMOTION_ONLY = ("mujoco-batched", "mujoco-batched-processes", "mujoco-batched-rollout")
+LOCOMOTION_ONLY = ("mujoco-batched", "mujoco-batched-processes", "mujoco-batched-rollout", "mujoco-batched-mjdata")
 
 
 def _configs(names: list[str], workers: int, locomotion: bool) -> list[tuple[str, int]]:
@@ -574,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workers = args.workers or default_workers()
     STEPPERS["mujoco-batched-processes"] = _processes_backend  # fork: workers inherit it
     STEPPERS["mujoco-batched-rollout"] = _rollout_backend  # measurement only: not bit-identical
+    STEPPERS["mujoco-batched-mjdata"] = _mjdata_backend  # measurement only: one MjData per slot
     rng = np.random.default_rng(0)
     wall0, cpu0 = time.perf_counter(), os.times()
     load0 = os.getloadavg()

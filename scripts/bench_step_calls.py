@@ -6,6 +6,11 @@ minimum over repeats reported:
 
 ``three_calls``     the ``mujoco-batched`` backend's loop (envs/locomotion_batched.py): per slot
                     ``mj_setState`` into a scratch MjData, ``mj_step`` x frame_skip, ``mj_getState``.
+``mjdata_per_slot`` the loop of ``MjDataPerSlotStepper`` (same module, not the backend): every
+                    slot has its own MjData; per slot a write to its cached ``ctrl`` view and
+                    ONE ``mj_step`` call, then qpos/qvel of all slots gathered by two
+                    ``np.concatenate`` of cached views (bit-identical to three_calls, warm
+                    start included: ``bit_identical_*``).
 ``rollout_per_slot`` one ``mujoco.rollout`` binding call per slot (nbatch 1) on the slot's own
                     MjData, whose ``qacc_warmstart`` is passed back in as ``initial_warmstart``:
                     keeps the warm start (``bit_identical_*`` compare the final states and
@@ -21,6 +26,9 @@ Each variant runs twice: with frame_skip substeps (``us_per_slot_step``) and wit
 (``us_per_slot_calls_only``: the calls and argument conversion alone, no physics).
 
     python scripts/bench_step_calls.py --env HalfCheetahRandVel --slots 200 --steps 20 --repeats 7
+
+``--memory-slots N`` adds ``mjdata_memory``: the memory of one MjData per slot at N slots
+(the paper's batch: 800), see :func:`mjdata_memory`.
 """
 
 from __future__ import annotations
@@ -49,8 +57,8 @@ class Setup:
         self.st = BatchedLocomotionStepper(env_id, 200)
         tasks = envs.get_task_distribution(env_id).sample(n, np.random.default_rng(0))
         self.st.reset(tasks, np.arange(n) + 1)
-        self.state0 = self.st._state.copy()
-        self.models = self.st._models or [self.st.model] * n
+        self.state0 = self.st.state()
+        self.models = list(self.st._slot_models)
         self.actions = np.random.default_rng(1).uniform(-1, 1, (steps, n, self.st.act_dim))
         m = self.st.model
         self.nfull = mujoco.mj_stateSize(m, FULL)
@@ -129,12 +137,64 @@ def rollout_batched(s: Setup, nstep: int):
     return run
 
 
+def mjdata_per_slot(s: Setup, nstep: int):
+    datas = [mujoco.MjData(m) for m in s.models]
+    for m, d, x in zip(s.models, datas, s.state0):
+        mujoco.mj_setState(m, d, x, STATE_SPEC)
+    ctrls, qpos, qvel = [d.ctrl for d in datas], [d.qpos for d in datas], [d.qvel for d in datas]
+    step = mujoco.mj_step
+
+    def run() -> np.ndarray:
+        for a in s.actions:
+            for m, d, c, row in zip(s.models, datas, ctrls, a):
+                c[:] = row
+                step(m, d, nstep)
+            np.concatenate(qpos), np.concatenate(qvel)  # the observation's inputs, as in the backend
+        x = np.empty_like(s.state0)
+        for m, d, r in zip(s.models, datas, x):
+            mujoco.mj_getState(m, d, r, STATE_SPEC)
+        return x
+
+    return run
+
+
 def three_calls_zero_warmstart(s: Setup, nstep: int):
     return three_calls(s, nstep, zero_warmstart=True)
 
 
-VARIANTS = {"three_calls": three_calls, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
+VARIANTS = {"three_calls": three_calls, "mjdata_per_slot": mjdata_per_slot, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
             "three_calls_zero_warmstart": three_calls_zero_warmstart}
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def mjdata_memory(env_id: str, n: int, steps: int) -> dict:
+    """Memory of one MjData per slot (MjDataPerSlotStepper) at ``n`` slots: the MjData's arrays
+    (``nbuffer``) and arena reservation (``narena``, bytes), the arena and stack high-water
+    marks after ``steps`` env steps with uniform random actions, and the growth of this
+    process's resident memory per slot (Linux /proc) over creating and stepping the n MjData."""
+    st = BatchedLocomotionStepper(env_id, 200)
+    tasks = envs.get_task_distribution(env_id).sample(n, np.random.default_rng(0))
+    st.reset(tasks, np.arange(n) + 1)  # the per-slot models (rand-params) exist before we measure
+    models = list(st._slot_models)
+    rng = np.random.default_rng(2)
+    r0 = _resident_mb()
+    datas = [mujoco.MjData(m) for m in models]
+    r1 = _resident_mb()
+    for m, d in zip(models, datas):
+        mujoco.mj_forward(m, d)
+        for _ in range(steps):
+            d.ctrl[:] = rng.uniform(-1, 1, m.nu)
+            mujoco.mj_step(m, d, st.frame_skip)
+    r2 = _resident_mb()
+    return {"slots": n, "env_steps": steps, "nbuffer_bytes": int(datas[0].nbuffer), "narena_bytes": int(datas[0].narena),
+            "maxuse_arena_bytes": max(int(d.maxuse_arena) for d in datas),
+            "maxuse_stack_bytes": max(int(d.maxuse_stack) for d in datas),
+            "resident_mb_per_slot_created": (r1 - r0) / n, "resident_mb_per_slot_after_steps": (r2 - r0) / n,
+            "resident_mb_all_slots": r2 - r0, "address_space_mb_all_slots": n * (datas[0].narena + datas[0].nbuffer) / 2**20}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,13 +204,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=20, help="env steps per measurement")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=None)
+    p.add_argument("--memory-slots", type=int, default=0,
+                   help="also report the memory of one MjData per slot at this many slots (0: skip)")
     args = p.parse_args(argv)
     env_id = args.env if args.env.startswith("rlbench/") else f"rlbench/{args.env}-v0"
     if not supports(env_id):
         print(f"error: {args.env!r} is not a locomotion environment", file=sys.stderr)
         sys.exit(2)
-    if min(args.slots, args.steps, args.repeats) < 1:
-        print("error: --slots, --steps and --repeats must be >= 1", file=sys.stderr)
+    if min(args.slots, args.steps, args.repeats) < 1 or args.memory_slots < 0:
+        print("error: --slots, --steps and --repeats must be >= 1, --memory-slots >= 0", file=sys.stderr)
         sys.exit(2)
     s = Setup(env_id, args.slots, args.steps)
     fs = s.st.frame_skip
@@ -178,8 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
         "rollout_batched_equals_three_calls_zero_warmstart": bool(np.array_equal(
             finals["rollout_batched"][:, : s.nfull], finals["three_calls_zero_warmstart"][:, : s.nfull])),
         "bit_identical_warmstart": {"rollout_per_slot": bool(np.array_equal(finals["rollout_per_slot"][:, s.warm], ref[:, s.warm])),
+                                    "mjdata_per_slot": bool(np.array_equal(finals["mjdata_per_slot"][:, s.warm], ref[:, s.warm])),
                                     "rollout_batched": None},
         "all_runs_us": runs,
+        "mjdata_memory": mjdata_memory(env_id, args.memory_slots, 200) if args.memory_slots else None,
         "load_average_start": load0, "load_average_end": os.getloadavg(),
     }
     text = json.dumps(result, indent=2)

@@ -19,7 +19,7 @@ import torch
 import envs
 from agents.policy import GaussianMLPPolicy
 from envs.base import InvalidTaskError
-from envs.locomotion_batched import BatchedLocomotionStepper, supports
+from envs.locomotion_batched import BatchedLocomotionStepper, MjDataPerSlotStepper, supports
 from rlbench import backends
 from rlbench.sampler import STEPPERS, GymStepper, Sampler, resolve_backend
 
@@ -76,6 +76,51 @@ def test_stepper_matches_gym_stepper(name):
         batched.close()
 
 
+@pytest.mark.parametrize("cls", [BatchedLocomotionStepper, MjDataPerSlotStepper])
+@pytest.mark.parametrize("name", LOCOMOTION)
+def test_full_state_equals_the_gym_envs(name, cls):
+    """Oracle: the gym env of the same slot. After every reset and step, every slot's whole
+    STATE_SPEC vector (time, qpos, qvel, act, qacc_warmstart, ctrl) equals that env's MjData
+    bit for bit, besides the outputs, for the backend (state rows) and for the one-MjData-per-
+    slot stepper (its MjData kept across steps, batches and rand-params task changes): slot
+    counts shrink and grow again (new MjData for new slots, reused ones get other tasks and
+    models' parameters), random inactive slots, auto-resets."""
+    import mujoco
+
+    from envs.locomotion_batched import STATE_SPEC
+
+    env_id = f"rlbench/{name}-v0"
+    dist = envs.get_task_distribution(env_id)
+    rng = np.random.default_rng(11)
+    gym, batched = GymStepper(env_id, 200), cls(env_id, 200, threads=2)
+
+    def gym_state() -> np.ndarray:
+        out = np.empty((len(gym._slots), batched.nstate))
+        for row, env in zip(out, gym._slots):
+            mujoco.mj_getState(env.model, env.data, row, STATE_SPEC)
+        return out
+
+    try:
+        for n in (6, 12, 4, 9):
+            tasks = dist.sample(n, rng)
+            seeds = rng.integers(0, 2**31 - 1, size=n)
+            _same(name, f"n={n} reset obs", gym.reset(tasks, seeds), batched.reset(tasks, seeds))
+            _same(name, f"n={n} reset state", gym_state(), batched.state())
+            for t in range(25):
+                actions = rng.uniform(-1.5, 1.5, (n, gym.act_dim))
+                active = rng.random(n) < 0.8
+                reset_seeds = rng.integers(0, 2**31 - 1, size=n) if t % 2 else None
+                g, b = gym.step(actions, active, reset_seeds), batched.step(actions, active, reset_seeds)
+                for what, x, y in zip(("obs", "reward", "terminated", "success", "unstable"), g, b):
+                    _same(name, f"n={n} step {t} {what}", x, y)
+                _same(name, f"n={n} step {t} state", gym_state(), batched.state())
+        if cls is MjDataPerSlotStepper:
+            assert len(batched._datas) == 12  # grown once to the largest batch, then reused
+    finally:
+        gym.close()
+        batched.close()
+
+
 def _collect(env_id: str, backend: str, n_workers: int, horizon: int, unit: str = "episodes"):
     tasks = envs.get_task_distribution(env_id).sample(3, np.random.default_rng(0))
     with Sampler(env_id, horizon=horizon, n_workers=n_workers, backend=backend) as sampler:
@@ -93,9 +138,14 @@ def process_batched():
     def factory(env_id, horizon, env_kwargs=None):
         return BatchedLocomotionStepper(env_id, horizon, env_kwargs, threads=1)
 
+    def mjdata(env_id, horizon, env_kwargs=None, threads=1):
+        return MjDataPerSlotStepper(env_id, horizon, env_kwargs, threads=threads)
+
+    mjdata.threaded = True
     STEPPERS["test-batched-processes"] = factory
+    STEPPERS["test-batched-mjdata"] = mjdata
     yield "test-batched-processes"
-    del STEPPERS["test-batched-processes"]
+    del STEPPERS["test-batched-processes"], STEPPERS["test-batched-mjdata"]
 
 
 @pytest.mark.parametrize(("name", "horizon", "unit"), [
@@ -109,7 +159,8 @@ def test_sampler_batches_identical_across_backends_and_workers(name, horizon, un
     reference, ref_total = _collect(env_id, "gym", 1, horizon, unit)
     fields = ["obs", "actions", "rewards", "valid", "lengths", "terminated", "truncated", "last_obs", "ep_time",
               "ep_end", "ep_term", "ep_success"]
-    for backend, n_workers in (("mujoco-batched", 1), ("mujoco-batched", 2), (process_batched, 2)):
+    for backend, n_workers in (("mujoco-batched", 1), ("mujoco-batched", 2), (process_batched, 2),
+                               ("test-batched-mjdata", 1), ("test-batched-mjdata", 2)):
         batches, total = _collect(env_id, backend, n_workers, horizon, unit)
         assert total == ref_total
         if unit == "episodes":

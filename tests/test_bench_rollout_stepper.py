@@ -65,7 +65,7 @@ def test_rollout_stepper_equals_exact_stepper_without_warmstart(name, threads):
         resets += int(got_exact[2].sum()) if reset_seeds is not None else 0
     # time, qpos, qvel, act and ctrl; not the warm start column, which rollout never returns
     keep = np.r_[: roll.nfull, roll._ctrl]
-    np.testing.assert_array_equal(exact._state[:, keep], roll._state[:, keep])
+    np.testing.assert_array_equal(exact.state()[:, keep], roll.state()[:, keep])
     if name != "HalfCheetahRandVel":  # terminations happened and were reset through both paths
         assert resets > 0
     exact.close()
@@ -122,8 +122,11 @@ def test_bench_step_calls_per_slot_rollout_keeps_the_bits(capsys):
     spec = importlib.util.spec_from_file_location("bench_step_calls", ROOT / "scripts" / "bench_step_calls.py")
     calls = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(calls)
-    r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1"])
+    r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1", "--memory-slots", "3"])
     assert r["bit_identical_state"]["rollout_per_slot"] and r["bit_identical_warmstart"]["rollout_per_slot"]
+    assert r["bit_identical_state"]["mjdata_per_slot"] and r["bit_identical_warmstart"]["mjdata_per_slot"]
+    mem = r["mjdata_memory"]
+    assert mem["slots"] == 3 and 0 < mem["maxuse_arena_bytes"] <= mem["narena_bytes"] and mem["nbuffer_bytes"] > 0
     assert r["rollout_batched_equals_three_calls_zero_warmstart"]
     assert not r["bit_identical_state"]["three_calls_zero_warmstart"]  # the warm start matters (Hopper: at once)
     assert set(r["us_per_slot_step"]) == set(r["us_per_slot_calls_only"]) == set(calls.VARIANTS)
@@ -131,3 +134,25 @@ def test_bench_step_calls_per_slot_rollout_keeps_the_bits(capsys):
         calls.main(["--env", "PointGoal"])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0  # one-line error
+
+
+
+def test_mjdata_line_is_registered_and_equals_the_backend(monkeypatch):
+    """bench_sampler.py's ``mujoco-batched-mjdata`` line builds the one-MjData-per-slot stepper,
+    and through the Sampler (2 threads) its batch equals the backend's bit for bit."""
+    monkeypatch.setitem(STEPPERS, "mujoco-batched-mjdata", bench._mjdata_backend)
+    assert "mujoco-batched-mjdata/all" in bench.CONFIGS
+    assert bench._configs(["mujoco-batched-mjdata/all"], 2, locomotion=False) == []
+    env_id = "rlbench/Walker2DRandParams-v0"
+    tasks = envs.get_task_distribution(env_id).sample(3, np.random.default_rng(0))
+    batches = []
+    for backend in ("mujoco-batched", "mujoco-batched-mjdata"):
+        with Sampler(env_id, horizon=30, n_workers=2, backend=backend) as s:
+            assert isinstance(s._workers[0].stepper, lb.MjDataPerSlotStepper) == (backend == "mujoco-batched-mjdata")
+            policy = GaussianMLPPolicy(s.obs_dim, s.act_dim, (16, 16), init_std=1.0, action_scale=10.0)
+            actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
+            batches.append(s.collect(tasks, 3, actor, np.random.default_rng(5)))
+    ref, got = batches
+    assert ref.terminated.any() and got.env_steps == ref.env_steps
+    for f in ("obs", "actions", "rewards", "valid", "lengths", "terminated", "last_obs"):
+        np.testing.assert_array_equal(getattr(ref, f), getattr(got, f), err_msg=f)
