@@ -434,7 +434,8 @@ def markdown(dest: Path, claims: pd.DataFrame, noise: pd.DataFrame, rates: pd.Da
          "the per-task differences' variance explained by a straight line in the task's one scalar parameter "
          "(the goal velocity; n/a when a task has several). *Design*: how each seed's tasks were drawn "
          "(`eval.task_design`, docs/protocol.md section 6.1): *random* = independent draws, SE = SD over tasks "
-         "/ sqrt(n); *stratified* = one goal velocity in each of n equal strata, SE by collapsed strata "
+         "/ sqrt(n); *stratified* = one goal velocity in each of n equal strata, SE from second differences of "
+         "neighbouring strata "
          "(`rlbench.stats.within_seed_se`), which leaves out the part of the task-to-task spread that the "
          "goal velocity explains."),
         "",
