@@ -124,27 +124,34 @@ def test_restore_rebuilds_evaluation_parts_that_match_their_checksums(tmp_path, 
 
 def test_noise_decomposition_of_one_cell_by_hand():
     """The committed noise row of HalfCheetahRandVel, DRS+TRPO vs TRPO-MAML, last checkpoint:
-    the per-seed differences, their within-seed variances and the goal-velocity R^2, recomputed
-    from the evaluation tables and the tasks the evaluator draws (numpy's corrcoef as the R^2)."""
-    import envs
+    the per-seed differences, their within-seed variances (the stratified design's
+    second-difference estimator, written out with a loop) and the goal-velocity R^2,
+    recomputed from the evaluation tables and the goal velocities the stratified design draws
+    (task i uniform in the i-th of n equal strata of [0, 3], from the seed's "test-tasks"
+    stream; numpy's corrcoef as the R^2)."""
     from rlbench import seeding
 
     df = _evaluations()
     env, a, b = "rlbench/HalfCheetahRandVel-v0", "drs-trpo", "trpo-maml"
+    low, high = 0.0, 3.0
     last = df["budget_mark"].max()
     cell = df[(df["env_id"] == env) & (df["budget_mark"] == last) & (df["test_update"] == 1)]
     ds, se2, r2 = [], [], []
     for seed in sorted(cell["seed"].unique()):
         ra = cell[(cell["algo"] == a) & (cell["seed"] == seed)].sort_values("task")["return"].to_numpy()
         rb = cell[(cell["algo"] == b) & (cell["seed"] == seed)].sort_values("task")["return"].to_numpy()
-        per_task = ra - rb
-        ds.append(per_task.mean())
-        se2.append(per_task.var(ddof=1) / len(per_task))
-        tasks = envs.get_task_distribution(env).test_tasks(len(per_task), seeding.generator(int(seed), "test-tasks"))
-        r2.append(np.corrcoef([t.goal_velocity for t in tasks], per_task)[0, 1] ** 2)
+        y = ra - rb
+        n = len(y)
+        ds.append(y.mean())
+        second = [(y[i - 1] - 2 * y[i] + y[i + 1]) ** 2 for i in range(1, n - 1)]
+        se2.append(sum(second) / (6 * (n - 2)) / n)
+        u = seeding.generator(int(seed), "test-tasks").uniform(size=n)
+        v = low + (high - low) * (np.arange(n) + u) / n
+        r2.append(np.corrcoef(v, y)[0, 1] ** 2)
     var_d = np.var(ds, ddof=1)
     noise = pd.read_csv(DEST / "noise.csv")
     row = noise[(noise["env_id"] == env) & (noise["pair"] == f"{a}:{b}") & (noise["budget_mark"] == last)].iloc[0]
+    assert row["task_design"] == "stratified" and row["n_tasks"] == 100
     assert row["diff_between_seed_sd"] == pytest.approx(np.sqrt(var_d), rel=1e-9)
     assert row["diff_within_se_median"] == pytest.approx(np.median(np.sqrt(se2)), rel=1e-9)
     assert row["eval_share"] == pytest.approx(np.mean(se2) / var_d, rel=1e-9)
