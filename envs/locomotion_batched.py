@@ -30,8 +30,15 @@ warning, where mj_step goes on.) Equal batches across backends are a design requ
 (DESIGN.md, principle 1: one sampler, the backend must be invisible to agents), so this
 backend carries the warm start itself.
 
-What one call per step would save: ``scripts/bench_step_calls.py`` (one thread, process CPU
-time, 200 slots, results/bench/step_calls_*.json) puts the three binding calls at 2.3-2.4 us
+The loop over slots runs in C (envs/slot_physics.c, compiled on first use by
+envs/slot_physics.py): one ctypes call per thread and environment step makes each slot's
+``mj_setState``, ``mj_step`` x frame_skip and ``mj_getState``, the same calls on the same
+library as the Python loop it replaced (kept as the fallback where no C compiler is found,
+and forced with ``RLBENCH_PHYSICS_LOOP=python``), so the bits are the same; the GIL is
+released for the whole chunk instead of re-taken after every call.
+
+What the Python loop's calls cost: ``scripts/bench_step_calls.py`` (one thread, process CPU
+time, 200 slots, results/bench/step_calls_*.json) puts its three binding calls at 2.3-2.4 us
 per slot and step against 0.13-0.16 us inside one rollout call over all slots: ~2.2 us, i.e.
 6-7% of a HalfCheetah slot-step (~33 us of CPU) and 1-3% on Walker/Hopper (75-270 us). One
 rollout call per slot (nbatch 1 on the slot's own MjData, whose ``qacc_warmstart`` survives
@@ -45,8 +52,8 @@ bit-identical, full MjData state included), also makes a slot-step one binding c
 not the backend because its working set is every slot's MjData instead of one per thread,
 which costs more than the calls save at the sampler's slot counts (see its docstring).
 
-Threads: ``mj_step`` releases the GIL, so ``threads > 1`` steps disjoint chunks of the
-active slots in parallel, each thread with its own scratch MjData. Results do not depend on
+Threads: the C loop (and, in the Python loop, ``mj_step``) releases the GIL, so ``threads > 1``
+steps disjoint chunks of the active slots in parallel, each thread with its own scratch MjData. Results do not depend on
 the thread count or on how slots are chunked (each slot's step only reads its own row).
 
 Rand-params tasks need one MjModel per task: every slot has its own model copy, whose
@@ -64,6 +71,7 @@ import mujoco
 import numpy as np
 from gymnasium.utils import seeding
 
+from envs import slot_physics
 from envs.locomotion import (
     FOOT_FRICTION_DEFAULT,
     SPECS,
@@ -143,6 +151,9 @@ class BatchedLocomotionStepper:
         self.init_qpos = fresh.qpos.ravel().copy()
         self.init_qvel = fresh.qvel.ravel().copy()
         self._pool = ThreadPoolExecutor(max_workers=self.threads - 1) if self.threads > 1 else None
+        # The physics loop: in C when it builds (envs/slot_physics.py; same bits), else in Python.
+        fn = slot_physics.c_loop()
+        self._loop = slot_physics.SlotLoop(fn, STATE_SPEC, self.frame_skip) if fn is not None else None
         self._n = 0
         self._goal = np.zeros(0)
         self._models: list[mujoco.MjModel] = []  # rand-params: one per slot
@@ -221,7 +232,9 @@ class BatchedLocomotionStepper:
             self._scratch = [mujoco.MjData(self.model) for _ in range(self.threads)]
         self._slot_models = self._models[:n] if self._models else [self.model] * n
         self._state = np.zeros((n, self.nstate))
-        self._rows = list(self._state)  # row views, made once (the physics loop is per slot)
+        self._rows = list(self._state)  # row views, made once (the Python physics loop is per slot)
+        if self._loop is not None:
+            self._loop.bind(self._state, self._slot_models)
 
     def _reset_slots(self, slots: np.ndarray, seeds: np.ndarray) -> None:
         """Reset slots[j] as ``LocomotionMetaEnv.reset(seed=seeds[j])`` would (task kept)."""
@@ -266,20 +279,29 @@ class BatchedLocomotionStepper:
     def _physics(self, idx: np.ndarray, a: np.ndarray) -> None:
         """Step slots ``idx`` with clipped actions ``a`` (row j for slot idx[j]), in threads."""
         self._state[idx, self._ctrl] = a
-        if self._pool is None or idx.size < 2 * self.threads:
-            self._run(idx.tolist(), self._scratch[0])
+        threaded = self._pool is not None and idx.size >= 2 * self.threads
+        if self._loop is not None:  # the threads share the slots dynamically (envs/slot_physics.c)
+            self._loop.run(idx, self._scratch if threaded else self._scratch[:1], self._pool if threaded else None)
+            return
+        if not threaded:
+            self._run(idx, self._scratch[0])
             return
         chunks = np.array_split(idx, self.threads)
-        futures = [self._pool.submit(self._run, c.tolist(), d) for c, d in zip(chunks[1:], self._scratch[1:])]
-        self._run(chunks[0].tolist(), self._scratch[0])
+        futures = [self._pool.submit(self._run, c, d) for c, d in zip(chunks[1:], self._scratch[1:])]
+        self._run(chunks[0], self._scratch[0])
         for f in futures:
             f.result()
 
-    def _run(self, slots: list[int], d: mujoco.MjData) -> None:
+    @property
+    def physics_loop(self) -> str:
+        """Which loop steps the physics: "c" (envs/slot_physics.c) or "python"."""
+        return "python" if self._loop is None else "c"
+
+    def _run(self, slots: np.ndarray, d: mujoco.MjData) -> None:
         """Load each slot into scratch data ``d``, mj_step frame_skip times (GIL released), store back."""
         set_state, get_state, step = mujoco.mj_setState, mujoco.mj_getState, mujoco.mj_step
         rows, models, spec, fs = self._rows, self._slot_models, STATE_SPEC, self.frame_skip
-        for i in slots:
+        for i in slots.tolist():
             m, x = models[i], rows[i]
             set_state(m, d, x, spec)
             step(m, d, fs)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs import slot_physics
 from rlbench import config, presets, store
 from rlbench.errors import UsageError
 from rlbench.sampler import default_workers
@@ -71,11 +72,8 @@ def machine() -> dict[str, Any]:
     return {"cpu": store.cpu_model(), "cores": available_cores(), "host": platform.node()}
 
 
-def default_cache_dir() -> Path:
-    if os.environ.get("RLBENCH_CACHE_DIR"):
-        return Path(os.environ["RLBENCH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rlbench"
+#: ``$RLBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/rlbench``, else ``~/.cache/rlbench``
+default_cache_dir = slot_physics.cache_dir
 
 
 def _shape_dict(cfg: RunConfig) -> dict[str, Any]:

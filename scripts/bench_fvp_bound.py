@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iterations import emit  # noqa: E402
 from bench_maml_update import record  # noqa: E402
 
-ALGO = "trpo-maml"
+ALGO = maml.TRPOMAML.algo
 CG_PRODUCTS = 10  # the protocol's conjugate-gradient iterations (docs/protocol.md section 4.2)
 
 

@@ -35,6 +35,8 @@ For each environment:
     bit-identical, not the backend) keeps one MjData per slot alive between steps: one
     ``mj_step`` binding call per slot-step instead of the backend's three on a scratch MjData
     per thread, but a working set of the MjData of every slot instead of one per thread.
+    The optional ``mujoco-batched-pyloop`` line is the backend with its physics loop in Python
+    (three binding calls per slot-step) instead of in C (envs/slot_physics.py; same bits).
 
 Per CPU second: lines that run in this process (the threaded backends, 1-worker lines, the
 replay) also report ``steps_per_cpu_s`` (``*_per_cpu_s`` for the replay): env steps per
@@ -82,6 +84,7 @@ from mujoco import rollout
 
 import envs
 from agents.policy import GaussianMLPPolicy
+from envs import slot_physics
 from envs.locomotion import RandParamsTask, observation
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, MjDataPerSlotStepper
 from rlbench import backends
@@ -104,6 +107,17 @@ def _mjdata_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None
 
 
 _mjdata_backend.threaded = True  # type: ignore[attr-defined]
+
+
+def _pyloop_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+    """The ``mujoco-batched-pyloop`` line: the batched stepper with its physics loop in Python (three
+    binding calls per slot-step, as before envs/slot_physics.c; same bits as the C loop)."""
+    stepper = BatchedLocomotionStepper(env_id, horizon, env_kwargs, threads=threads)
+    stepper._loop = None
+    return stepper
+
+
+_pyloop_backend.threaded = True  # type: ignore[attr-defined]
 
 
 class RolloutStepper(BatchedLocomotionStepper):
@@ -361,9 +375,10 @@ def _env_id(name: str) -> str:
 #: (c) sampler lines, "backend/workers" ("all" = --workers); the default set is the first five.
 CONFIGS = ["gym/1", "gym/all", "mujoco-batched/1", "mujoco-batched/all", "mujoco-batched-processes/all",
            "mujoco-batched-rollout/1", "mujoco-batched-rollout/all",
-           "mujoco-batched-mjdata/1", "mujoco-batched-mjdata/all"]
+           "mujoco-batched-mjdata/1", "mujoco-batched-mjdata/all", "mujoco-batched-pyloop/1", "mujoco-batched-pyloop/all"]
 DEFAULT_CONFIGS = CONFIGS[:5]
-LOCOMOTION_ONLY = ("mujoco-batched", "mujoco-batched-processes", "mujoco-batched-rollout", "mujoco-batched-mjdata")
+LOCOMOTION_ONLY = ("mujoco-batched", "mujoco-batched-processes", "mujoco-batched-rollout", "mujoco-batched-mjdata",
+                   "mujoco-batched-pyloop")
 
 
 def _configs(names: list[str], workers: int, locomotion: bool) -> list[tuple[str, int]]:
@@ -587,6 +602,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     STEPPERS["mujoco-batched-processes"] = _processes_backend  # fork: workers inherit it
     STEPPERS["mujoco-batched-rollout"] = _rollout_backend  # measurement only: not bit-identical
     STEPPERS["mujoco-batched-mjdata"] = _mjdata_backend  # measurement only: one MjData per slot
+    STEPPERS["mujoco-batched-pyloop"] = _pyloop_backend  # measurement only: the physics loop in Python
     rng = np.random.default_rng(0)
     wall0, cpu0 = time.perf_counter(), os.times()
     load0 = os.getloadavg()
@@ -595,6 +611,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {
             "cpus": default_workers(), "platform": platform.platform(), "python": platform.python_version(),
             "mujoco": mujoco.__version__, "numpy": np.__version__, "torch": torch.__version__,
+            # the mujoco-batched backend's physics loop: "c" (envs/slot_physics.c) or why not
+            "physics_loop": "c" if slot_physics.c_loop() is not None else f"python ({slot_physics.unavailable_reason()})",
         },
         "settings": {
             "fraction": args.fraction, "repeats": args.repeats, "all_workers": workers,

@@ -4,8 +4,11 @@ One thread, process CPU time (robust to other load on the machine), the same slo
 states and actions for every variant, all variants interleaved in every repeat, the
 minimum over repeats reported:
 
-``three_calls``     the ``mujoco-batched`` backend's loop (envs/locomotion_batched.py): per slot
+``three_calls``     the ``mujoco-batched`` backend's Python loop (envs/locomotion_batched.py): per slot
                     ``mj_setState`` into a scratch MjData, ``mj_step`` x frame_skip, ``mj_getState``.
+``c_loop``          the backend's loop as it runs now: the same three calls per slot, made by
+                    envs/slot_physics.c in ONE ctypes call for all slots per environment step
+                    (bit-identical to three_calls, warm start included: ``bit_identical_*``).
 ``mjdata_per_slot`` the loop of ``MjDataPerSlotStepper`` (same module, not the backend): every
                     slot has its own MjData; per slot a write to its cached ``ctrl`` view and
                     ONE ``mj_step`` call, then qpos/qvel of all slots gathered by two
@@ -44,6 +47,7 @@ import numpy as np
 from mujoco import _rollout
 
 import envs
+from envs import slot_physics
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, supports
 
 FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
@@ -137,6 +141,25 @@ def rollout_batched(s: Setup, nstep: int):
     return run
 
 
+def c_loop(s: Setup, nstep: int):
+    fn = slot_physics.c_loop()
+    if fn is None:
+        raise SystemExit(f"error: the C physics loop is unavailable: {slot_physics.unavailable_reason()}")
+    x = s.state0.copy()
+    loop = slot_physics.SlotLoop(fn, STATE_SPEC, nstep)
+    loop.bind(x, s.models)
+    d = mujoco.MjData(s.st.model)
+    idx = np.arange(len(s.models))
+
+    def run() -> np.ndarray:
+        for a in s.actions:
+            x[:, s.st._ctrl] = a
+            loop.run(idx, [d])
+        return x
+
+    return run
+
+
 def mjdata_per_slot(s: Setup, nstep: int):
     datas = [mujoco.MjData(m) for m in s.models]
     for m, d, x in zip(s.models, datas, s.state0):
@@ -162,7 +185,7 @@ def three_calls_zero_warmstart(s: Setup, nstep: int):
     return three_calls(s, nstep, zero_warmstart=True)
 
 
-VARIANTS = {"three_calls": three_calls, "mjdata_per_slot": mjdata_per_slot, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
+VARIANTS = {"three_calls": three_calls, "c_loop": c_loop, "mjdata_per_slot": mjdata_per_slot, "rollout_per_slot": rollout_per_slot, "rollout_batched": rollout_batched,
             "three_calls_zero_warmstart": three_calls_zero_warmstart}
 
 
@@ -241,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
             finals["rollout_batched"][:, : s.nfull], finals["three_calls_zero_warmstart"][:, : s.nfull])),
         "bit_identical_warmstart": {"rollout_per_slot": bool(np.array_equal(finals["rollout_per_slot"][:, s.warm], ref[:, s.warm])),
                                     "mjdata_per_slot": bool(np.array_equal(finals["mjdata_per_slot"][:, s.warm], ref[:, s.warm])),
+                                    "c_loop": bool(np.array_equal(finals["c_loop"], ref)),
                                     "rollout_batched": None},
         "all_runs_us": runs,
         "mjdata_memory": mjdata_memory(env_id, args.memory_slots, 200) if args.memory_slots else None,

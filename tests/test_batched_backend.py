@@ -76,7 +76,14 @@ def test_stepper_matches_gym_stepper(name):
         batched.close()
 
 
-@pytest.mark.parametrize("cls", [BatchedLocomotionStepper, MjDataPerSlotStepper])
+def _python_loop(env_id: str, horizon: int, threads: int = 1) -> BatchedLocomotionStepper:
+    """The backend with its physics loop in Python (the fallback when envs/slot_physics.c cannot be built)."""
+    stepper = BatchedLocomotionStepper(env_id, horizon, threads=threads)
+    stepper._loop = None
+    return stepper
+
+
+@pytest.mark.parametrize("cls", [BatchedLocomotionStepper, _python_loop, MjDataPerSlotStepper])
 @pytest.mark.parametrize("name", LOCOMOTION)
 def test_full_state_equals_the_gym_envs(name, cls):
     """Oracle: the gym env of the same slot. After every reset and step, every slot's whole
@@ -84,7 +91,8 @@ def test_full_state_equals_the_gym_envs(name, cls):
     bit for bit, besides the outputs, for the backend (state rows) and for the one-MjData-per-
     slot stepper (its MjData kept across steps, batches and rand-params task changes): slot
     counts shrink and grow again (new MjData for new slots, reused ones get other tasks and
-    models' parameters), random inactive slots, auto-resets."""
+    models' parameters), random inactive slots, auto-resets. The backend runs both of its
+    physics loops (C, the default where it builds, and Python)."""
     import mujoco
 
     from envs.locomotion_batched import STATE_SPEC
@@ -181,13 +189,13 @@ def test_sampler_batches_identical_across_backends_and_workers(name, horizon, un
 def test_only_active_slots_are_stepped_and_counted(monkeypatch):
     """Count the slots the batched stepper actually steps: equal to env_steps and valid.sum()."""
     stepped = {"n": 0}
-    orig = BatchedLocomotionStepper._run
+    orig = BatchedLocomotionStepper._physics
 
-    def counting_run(self, slots, d):
-        stepped["n"] += len(slots)
-        return orig(self, slots, d)
+    def counting_physics(self, idx, a):  # the slots handed to either physics loop
+        stepped["n"] += len(idx)
+        return orig(self, idx, a)
 
-    monkeypatch.setattr(BatchedLocomotionStepper, "_run", counting_run)
+    monkeypatch.setattr(BatchedLocomotionStepper, "_physics", counting_physics)
     (batch, batch2), total = _collect("rlbench/HopperRandParams-v0", "mujoco-batched", 2, 30)
     assert stepped["n"] == total == batch.env_steps + batch2.env_steps == int(batch.valid.sum() + batch2.valid.sum())
     assert batch.env_steps < batch.valid.size  # some episodes ended early and were not stepped on

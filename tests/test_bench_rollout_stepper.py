@@ -21,6 +21,7 @@ import torch
 import envs
 import envs.locomotion_batched as lb
 from agents.policy import GaussianMLPPolicy
+from envs import slot_physics
 from envs.locomotion_batched import BatchedLocomotionStepper
 from rlbench.sampler import STEPPERS, Sampler
 
@@ -133,6 +134,7 @@ def test_bench_step_calls_per_slot_rollout_keeps_the_bits(capsys):
     r = calls.main(["--env", "HopperRandParams", "--slots", "4", "--steps", "3", "--repeats", "1", "--memory-slots", "3"])
     assert r["bit_identical_state"]["rollout_per_slot"] and r["bit_identical_warmstart"]["rollout_per_slot"]
     assert r["bit_identical_state"]["mjdata_per_slot"] and r["bit_identical_warmstart"]["mjdata_per_slot"]
+    assert r["bit_identical_state"]["c_loop"] and r["bit_identical_warmstart"]["c_loop"]  # the whole state row
     mem = r["mjdata_memory"]
     assert mem["slots"] == 3 and 0 < mem["maxuse_arena_bytes"] <= mem["narena_bytes"] and mem["nbuffer_bytes"] > 0
     assert r["rollout_batched_equals_three_calls_zero_warmstart"]
@@ -155,3 +157,16 @@ def test_mjdata_line_is_registered_and_equals_the_backend(monkeypatch):
         assert isinstance(s._workers[0].stepper, lb.MjDataPerSlotStepper) == (name == "mujoco-batched-mjdata")
 
     assert_same_batches("rlbench/Walker2DRandParams-v0", "mujoco-batched-mjdata", check)
+
+
+def test_pyloop_line_is_registered_and_equals_the_backend(monkeypatch):
+    """bench_sampler.py's ``mujoco-batched-pyloop`` line is the backend with the Python physics
+    loop, and through the Sampler (2 threads) its batch equals the backend's (C loop) bit for bit."""
+    monkeypatch.setitem(STEPPERS, "mujoco-batched-pyloop", bench._pyloop_backend)
+    assert "mujoco-batched-pyloop/all" in bench.CONFIGS
+
+    def check(s, name):
+        default = "c" if slot_physics.c_loop() is not None else "python"
+        assert s._workers[0].stepper.physics_loop == ("python" if name == "mujoco-batched-pyloop" else default)
+
+    assert_same_batches("rlbench/HopperRandParams-v0", "mujoco-batched-pyloop", check)
