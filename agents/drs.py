@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents import metagrad
+from agents import closed_form, metagrad
 from agents.advantages import TensorBatch
 from agents.config import AgentConfig
 from agents.core import (
@@ -18,7 +18,8 @@ from agents.core import (
     process,
     trpo_step,
 )
-from agents.policy import GaussianMLPPolicy, Params
+from agents.maml import TRPOProblem, map_groups, memoised_problem, sum_all, sum_tasks, task_chunks
+from agents.policy import GaussianMLPPolicy, Params, expand_params
 
 
 class DRSBase(LearnerBase):
@@ -83,24 +84,38 @@ class DRSPPO(DRSBase):
 
 
 class DRSTRPO(DRSBase):
-    """DRS+TRPO: surrogate -mean(ratio * A) on the pooled batch with mean KL(old || new) <= max_kl."""
+    """DRS+TRPO: surrogate -mean(ratio * A) on the pooled batch with mean KL(old || new) <= max_kl.
+
+    ``fvp_impl``: how the update is computed. ``"closed-form"`` (default): by task groups on
+    the learner's threads (:func:`agents.maml.map_groups`), with the old policy's forward pass
+    on each group kept for the whole update: the surrogate's gradient in closed form
+    (:class:`agents.closed_form.LossAt`), the conjugate gradient's Fisher-vector products as
+    the Hessian of the pooled mean KL at the old policy written out for the Gaussian tanh-MLP
+    (:func:`agents.closed_form.kl_fisher_vp`: the KL's gradient vanishes there, so the Hessian
+    is its Gauss-Newton form, exactly), the step size's ``s^T H s`` from the conjugate
+    gradient's own products, and one forward pass per line-search candidate for both its loss
+    and its KL. ``"autograd"``: the same update by autograd on the whole pooled batch, double
+    backpropagation through the pooled KL at every product (:func:`agents.core.fvp_of_kl`; the
+    oracle of tests/test_drs_trpo_fvp.py). Both give the same numbers up to float rounding."""
 
     algo = "drs-trpo"
+    fvp_impl = "closed-form"
 
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         a = self.cfg.algo_cfg
         tb, stats = self._collect_processed(collect, tasks)
         old = {k: v.detach().clone() for k, v in self.params.items()}
+        if self.fvp_impl == "closed-form":
+            res = trpo_step(*self.closed_form_problem(tb, old), a, a.max_kl, product_from_cg=True)
+        else:
+            def loss_fn(p: Params) -> torch.Tensor:
+                ratio = torch.exp(self.policy.log_prob(p, tb.obs, tb.actions) - tb.logp_old)
+                return -tb.pooled_mean(ratio * tb.advantages)
 
-        def loss_fn(p: Params) -> torch.Tensor:
-            ratio = torch.exp(self.policy.log_prob(p, tb.obs, tb.actions) - tb.logp_old)
-            return -tb.pooled_mean(ratio * tb.advantages)
+            def kl_fn(p: Params) -> torch.Tensor:
+                return tb.pooled_mean(self.policy.kl(old, p, tb.obs))
 
-        def kl_fn(p: Params) -> torch.Tensor:
-            return tb.pooled_mean(self.policy.kl(old, p, tb.obs))
-
-        g = metagrad.grad(loss_fn, old)
-        res = trpo_step(old, loss_fn, kl_fn, g, fvp_of_kl(kl_fn, old), a, a.max_kl)
+            res = trpo_step(old, loss_fn, kl_fn, metagrad.grad(loss_fn, old), fvp_of_kl(kl_fn, old), a, a.max_kl)
         with torch.no_grad():
             for k, v in res.params.items():
                 self.params[k].copy_(v)
@@ -108,3 +123,37 @@ class DRSTRPO(DRSBase):
             **stats, "train/loss": res.loss_after, "train/kl": res.kl, "train/accepted": float(res.accepted),
             "train/backtracks": float(res.backtracks), "train/std": float(self.params["log_std"].detach().exp().mean()),
         }
+
+    def closed_form_problem(self, tb: TensorBatch, old: Params) -> TRPOProblem:
+        """The TRPO problem (old, loss, KL, gradient, Fisher-vector product) of the pooled batch,
+        by task groups (:func:`agents.maml.task_chunks`), each holding the old policy's forward
+        pass on its transitions with the shared parameters expanded over its tasks. The
+        surrogate and the KL are pooled means, so every group contributes its sums weighted by
+        ``mask / (all real transitions)``; the parameters' gradients and products are the sums
+        over all tasks of the per-task ones."""
+        weight = tb.mask / tb.mask.sum().clamp_min(1)  # pooled-mean weight of every transition
+        chunks = task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]))
+
+        def build(c: slice) -> dict[str, Any]:
+            n = c.stop - c.start
+            net = closed_form.MLPAt(self.policy, expand_params(old, n), tb.obs[c])
+            surrogate = closed_form.LossAt(self.policy, expand_params(old, n), tb.obs[c], tb.actions[c], -weight[c] * tb.advantages[c],
+                                           tb.logp_old[c], net=net, second_order=False)
+            return {"c": c, "n": n, "net": net, "g": sum_tasks(surrogate.grad)}
+
+        groups = map_groups(build, chunks)
+
+        def fvp(v: Params) -> Params:
+            return sum_all(map_groups(
+                lambda grp: sum_tasks(closed_form.kl_fisher_vp(grp["net"], weight[grp["c"]], expand_params(v, grp["n"]))), groups))
+
+        def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            """(surrogate, KL) sums of one group at shared ``theta`` (one forward pass for both)."""
+            c, net, w = grp["c"], grp["net"], weight[grp["c"]]
+            th, th_old = expand_params(theta, grp["n"]), expand_params(old, grp["n"])
+            with torch.no_grad():
+                mu = net.mu if at_old else self.policy.mean(th, tb.obs[c])
+                ratio = torch.exp(self.policy.log_prob_of_mean(th, mu, tb.actions[c]) - tb.logp_old[c])
+                return -(ratio * tb.advantages[c] * w).sum(), (self.policy.kl_of_means(th_old, net.mu, th, mu) * w).sum()
+
+        return memoised_problem(old, groups, one, sum_all([grp["g"] for grp in groups]), fvp)

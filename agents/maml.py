@@ -108,7 +108,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOLS[workers]
 
 
-def _memoised_problem(old: Params, groups: list[dict], one: Callable, g: Params, fvp: Callable) -> TRPOProblem:
+def memoised_problem(old: Params, groups: list[dict], one: Callable, g: Params, fvp: Callable) -> TRPOProblem:
     """The TRPO problem (old, loss, KL, gradient, fvp) whose loss and KL are the sums over task
     groups of ``one(group, theta, at_old)``, computed once per ``theta`` (the line search asks
     for both at each candidate)."""
@@ -128,7 +128,7 @@ def _memoised_problem(old: Params, groups: list[dict], one: Callable, g: Params,
     return old, lambda th: evaluate(th)[0], lambda th: evaluate(th)[1], g, fvp
 
 
-def _sum_all(parts: list[Params]) -> Params:
+def sum_all(parts: list[Params]) -> Params:
     total = None
     for g in parts:
         total = _add_into(total, g)
@@ -244,7 +244,7 @@ class MAMLBase(LearnerBase):
 TRPOProblem = tuple[Params, Callable[[Params], torch.Tensor], Callable[[Params], torch.Tensor], Params, Callable[[Params], Params]]
 
 
-def _sum_tasks(g: Params) -> Params:
+def sum_tasks(g: Params) -> Params:
     """Adjoint of expanding shared params to [T, ...]: sum the per-task gradients."""
     return {k: v.sum(0) for k, v in g.items()}
 
@@ -307,7 +307,7 @@ class ProMP(MAMLBase):
             mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-            total = _sum_all(map_groups(
+            total = sum_all(map_groups(
                 lambda i, theta=theta: self._group_gradient(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner], post.tasks(chunks[i]), T),
                 list(range(len(chunks)))))
             self.optimizer.zero_grad()
@@ -351,7 +351,7 @@ class ProMP(MAMLBase):
             first = [None] * len(chunks)
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = {k: v.detach() for k, v in self.params.items()}
-            total = _sum_all(map_groups(
+            total = sum_all(map_groups(
                 lambda i, theta=theta, first=first: self._fused_group(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
                                                                       post.tasks(chunks[i]), T, first=first[i])[0],
                 list(range(len(chunks)))))
@@ -403,7 +403,7 @@ class ProMP(MAMLBase):
         for k in range(len(points) - 1, -1, -1):
             hv = points[k].hvp({name: -lr * x for name, x in g.items()}, extra if k == 0 else None)
             g = {name: g[name] + hv[name] for name in g}
-        return _sum_tasks(g), (kl, objective)
+        return sum_tasks(g), (kl, objective)
 
     def _group_gradient(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
                         T: int) -> Params:
@@ -451,7 +451,7 @@ class ProMP(MAMLBase):
             kl_term = self.eta * pre.task_mean(self.policy.kl(old, self.params, pre.obs)).mean()
             kl_term.backward()
             with torch.no_grad():
-                for k, g in _sum_tasks(g_meta).items():
+                for k, g in sum_tasks(g_meta).items():
                     self.params[k].grad = self.params[k].grad + g if self.params[k].grad is not None else g.clone()
             self.optimizer.step()
         with torch.no_grad():
@@ -529,9 +529,9 @@ class TRPOMAML(MAMLBase):
         groups = map_groups(build, self.chunks(post))
 
         def pull(grp: dict, v: Params) -> Params:
-            return _sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
+            return sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
 
-        g = _sum_all(map_groups(lambda grp: pull(grp, metagrad.grad(grp["surrogate"], grp["phis"][-1])), groups))
+        g = sum_all(map_groups(lambda grp: pull(grp, metagrad.grad(grp["surrogate"], grp["phis"][-1])), groups))
 
         def fvp(v: Params) -> Params:
             def one(grp: dict) -> Params:
@@ -539,7 +539,7 @@ class TRPOMAML(MAMLBase):
                 ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
                 return pull(grp, grp["kl_op"](ju))
 
-            return _sum_all(map_groups(one, groups))
+            return sum_all(map_groups(one, groups))
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation for both)."""
@@ -547,7 +547,7 @@ class TRPOMAML(MAMLBase):
             with torch.no_grad():
                 return grp["surrogate"](phi), grp["kl"](phi)
 
-        return _memoised_problem(old, groups, one, g, fvp)
+        return memoised_problem(old, groups, one, g, fvp)
 
     def fused_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int, chain: list[Params] | None = None) -> TRPOProblem:
         """:meth:`analytic_problem` without recomputing the inner steps at the old parameters:
@@ -591,9 +591,9 @@ class TRPOMAML(MAMLBase):
         groups = map_groups(build, self.chunks(post))
 
         def pull(grp: dict, v: Params) -> Params:
-            return _sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
+            return sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
 
-        g = _sum_all(map_groups(lambda grp: pull(grp, grp["g_out"]), groups))
+        g = sum_all(map_groups(lambda grp: pull(grp, grp["g_out"]), groups))
 
         def fvp(v: Params) -> Params:
             def one(grp: dict) -> Params:
@@ -601,7 +601,7 @@ class TRPOMAML(MAMLBase):
                 ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
                 return pull(grp, closed_form.kl_fisher_vp(grp["net"], grp["kl_weight"], ju))
 
-            return _sum_all(map_groups(one, groups))
+            return sum_all(map_groups(one, groups))
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation and one forward pass for both)."""
@@ -614,7 +614,7 @@ class TRPOMAML(MAMLBase):
                 kl = p.task_mean(self.policy.kl_of_means(grp["phis"][-1], net.mu, phi, mu)).sum() / T
             return loss, kl
 
-        return _memoised_problem(old, groups, one, g, fvp)
+        return memoised_problem(old, groups, one, g, fvp)
 
     def reference_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
         """Whole-batch autograd (the oracle of the batched implementation)."""
@@ -637,11 +637,11 @@ class TRPOMAML(MAMLBase):
         # conjugate-gradient step (J^T F J v needs 2K + 1 products per step).
         ops = metagrad.chain_operators(phis, losses, self.estimator, self.delta)
         kl_op = metagrad.hvp_operator(kl_phi, phi_old, "second-order", 0.0)
-        g = _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, metagrad.grad(surrogate, phi_old), self.estimator, self.delta, ops))
+        g = sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, metagrad.grad(surrogate, phi_old), self.estimator, self.delta, ops))
 
         def fvp(v: Params) -> Params:
             u = {k: x.unsqueeze(0).expand(T, *x.shape) for k, x in v.items()}
             ju = metagrad.jvp(phis, losses, self.inner_lr, u, self.estimator, self.delta, ops)
-            return _sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, kl_op(ju), self.estimator, self.delta, ops))
+            return sum_tasks(metagrad.vjp(phis, losses, self.inner_lr, kl_op(ju), self.estimator, self.delta, ops))
 
         return old, lambda th: surrogate(adapted(th)), lambda th: kl_phi(adapted(th)), g, fvp

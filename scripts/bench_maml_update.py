@@ -38,20 +38,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iterations import emit  # noqa: E402
 
 
-def record(env_id: str, algo: str, fraction: float, threads: int, impl: str):
+def record(env_id: str, algo: str, fraction: float, threads: int, impl: str | None):
     """Sample one iteration's rounds once at the protocol's batch shape (``fraction`` of its
     tasks). Returns (fresh, tasks, log, sampling CPU seconds, backend): ``fresh(impl)`` makes
-    a new agent from the same initial parameters, ``log`` holds the recorded batches in the
-    order the agent asked for them (replay them to an agent's ``train_iteration``)."""
+    a new agent from the same initial parameters (``impl`` None: a learner without
+    implementations), ``log`` holds the recorded batches in the order the agent asked for them
+    (replay them to an agent's ``train_iteration``)."""
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks_n = max(1, round(cfg.sampler.meta_batch_size * fraction))
     cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks_n))
     torch.set_num_threads(threads)
 
-    def fresh(impl: str):
+    def fresh(impl: str | None):
         policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
         params = policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype])
-        return AGENTS[algo](cfg, policy, params, impl=impl)
+        return AGENTS[algo](cfg, policy, params, **({} if impl is None else {"impl": impl}))
 
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         trainer = Trainer(cfg, sampler)
