@@ -81,7 +81,7 @@ def sampling_budget(path: str, env_id: str) -> dict[str, float]:
         return {"sampling_s": float(row["sampling_s"]), "update_s": float(row["update_s"]),
                 "tasks": int(row["tasks_per_iteration"])}
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
-        raise SystemExit(f"error: {path} holds no {ALGO} fused row of {env_id} with sampling_s and update_s "
+        raise ValueError(f"{path} holds no {ALGO} fused row of {env_id} with sampling_s and update_s "
                          "(a scripts/bench_iterations.py output)") from None
 
 
@@ -97,7 +97,11 @@ def main() -> int:
     if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
         print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
         return 2
-    budget = sampling_budget(a.iterations, a.env)
+    try:
+        budget = sampling_budget(a.iterations, a.env)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     fresh, tasks, log, _, _ = record(a.env, ALGO, a.fraction, a.threads, "fused")
     if len(tasks) != budget["tasks"]:
         print(f"error: --fraction {a.fraction:g} gives {len(tasks)} tasks per iteration, but {a.iterations} measured "

@@ -72,3 +72,50 @@ def test_project_metaworld_paths_replace_swaps_rows_of_the_same_env_and_algo(tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "project_metaworld_paths: error:" in err
     assert not (tmp_path / "q.json").exists()
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sampler_table_from_a_hand_written_file(tmp_path, capsys):
+    """scripts/sampler_table.py: one row per sampler line with a replay ratio, values as in the
+    file (the replay at the line's thread count), lines without one skipped."""
+    ratios = {"c_over_replay_same_threads": 0.8561, "c_over_replay_same_threads_repeats": {"per_repeat": [0.84, 0.876], "median": 0.858},
+              "c_over_replay_per_cpu_s_same_threads": 0.9171}
+    env = {"a_physics_limit": {"replay_1thread": 31158.0, "replay_2threads": 59177.2},
+           "c_sampler": {"mujoco-batched/2": {"steps_per_s": 50629.4}, "gym/2": {"steps_per_s": 20000.0}},
+           "ratios": {"mujoco-batched/2": ratios, "gym/2": {"c_over_b_wrapped": 2.0}}}
+    result = {"envs": {"rlbench/HalfCheetahRandVel-v0": env, "rlbench/ML1-Push-v0": {"batch": {}}},
+              "run": {"wall_s": 130.9, "cpu_share_of_machine": 0.59, "load_average_start": [1.84, 1.7, 1.3], "load_average_end": [1.28, 1, 1]},
+              "machine": {"physics_loop": "c"}}
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(result))
+    assert _load("sampler_table").main([str(f)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| HalfCheetahRandVel | mujoco-batched/2 | 50,629 | 59,177 | 0.856 | 0.858 [0.84 0.88] | 0.917 |"
+    assert len(out) == 5 and len(out[0].split("|")) == len(out[1].split("|")) == len(out[2].split("|"))  # gym/2: no replay ratio
+    assert out[4] == "Run: 131 s, this process 0.59 of the machine, load average 1.84 -> 1.28; physics loop: c."
+    f.write_text(json.dumps({"envs": []}))
+    assert _load("sampler_table").main([str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a readable scripts/bench_sampler.py output" in err
+
+
+def test_update_benches_refuse_bad_arguments_in_one_line(tmp_path, monkeypatch, capsys):
+    """bench_drs_trpo_fvp.py and bench_fvp_bound.py: bad numbers and an iterations file without
+    a TRPO-MAML fused row end with one line and exit status 2, before sampling anything."""
+    for name, argv in (("bench_drs_trpo_fvp", ["--fraction", "0"]), ("bench_drs_trpo_fvp", ["--repeats", "0"]),
+                       ("bench_fvp_bound", ["--threads", "0", "--iterations", "x.json"])):
+        monkeypatch.setattr("sys.argv", [name, *argv])
+        assert _load(name).main() == 2, (name, argv)
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    f = tmp_path / "it.json"
+    f.write_text(json.dumps({"rows": [{"env": "rlbench/HalfCheetahRandVel-v0", "algo": "promp", "impl": "fused"}]}))
+    monkeypatch.setattr("sys.argv", ["bench_fvp_bound", "--iterations", str(f)])
+    assert _load("bench_fvp_bound").main() == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no trpo-maml fused row" in err
