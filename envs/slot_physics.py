@@ -45,15 +45,23 @@ MODES = ("auto", "c", "python")
 ENV_VAR = "RLBENCH_PHYSICS_LOOP"
 
 
-class PhysicsLoopError(RuntimeError):
-    """``RLBENCH_PHYSICS_LOOP=c`` and the C loop could not be built or loaded."""
+class PhysicsLoopError(ValueError):
+    """A bad ``RLBENCH_PHYSICS_LOOP``: not one of MODES, or ``c`` where the C loop cannot be
+    built or loaded (the command line reports it in one line, exit status 2)."""
 
 
 def mode() -> str:
     value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if value not in MODES:
-        raise ValueError(f"{ENV_VAR}={value!r}: expected one of {', '.join(MODES)}")
+        raise PhysicsLoopError(f"{ENV_VAR}={value!r}: expected one of {', '.join(MODES)}")
     return value
+
+
+def check() -> None:
+    """Validate ``RLBENCH_PHYSICS_LOOP`` before a run writes anything; with ``c``, build the loop
+    now (raises PhysicsLoopError)."""
+    if mode() == "c":
+        c_loop()
 
 
 def cache_dir() -> Path:

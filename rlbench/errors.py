@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from envs.base import InvalidTaskError, UnknownEnvError
+from envs.slot_physics import PhysicsLoopError
 from rlbench.config import ConfigError
 
 
@@ -11,4 +12,4 @@ class UsageError(ValueError):
 
 
 #: Exceptions the command line reports as one line with exit status 2 (never a traceback).
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ConfigError, UnknownEnvError, InvalidTaskError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ConfigError, UnknownEnvError, InvalidTaskError, PhysicsLoopError)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import envs
+from envs import slot_physics
 from rlbench import backends, config, hooks, locking, store
 from rlbench.errors import UsageError
 from rlbench.evaluator import adaptation_rule, check_task_design
@@ -78,6 +79,7 @@ def check_backend(cfg: RunConfig) -> None:
     supports = getattr(STEPPERS[name], "supports", None)
     if supports is not None and not supports(cfg.env_id):
         raise UsageError(f"sampler.backend: {name!r} does not support {cfg.env_id} (use auto or gym)")
+    slot_physics.check()  # RLBENCH_PHYSICS_LOOP (the mujoco-batched backend's physics loop)
 
 
 def check_run(cfg: RunConfig, run_dir: Path, max_iterations: int | None = None) -> None:

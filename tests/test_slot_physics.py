@@ -56,8 +56,23 @@ def test_python_mode_forces_the_python_loop(monkeypatch):
 
 def test_unknown_mode_is_an_error_naming_the_variable(monkeypatch):
     monkeypatch.setenv(slot_physics.ENV_VAR, "fortran")
-    with pytest.raises(ValueError, match="RLBENCH_PHYSICS_LOOP='fortran'"):
+    with pytest.raises(slot_physics.PhysicsLoopError, match="RLBENCH_PHYSICS_LOOP='fortran'"):
         BatchedLocomotionStepper(ENV_ID, 200)
+
+
+@pytest.mark.parametrize("value,needle", [("fortran", "RLBENCH_PHYSICS_LOOP='fortran': expected one of auto, c, python"),
+                                          ("c", "RLBENCH_PHYSICS_LOOP=c but the C physics loop is unavailable")])
+def test_command_line_refuses_a_bad_physics_loop_before_writing(tmp_path, value, needle):
+    """Through the real command line: one line, exit status 2, no run directory created (for
+    ``c``, the build fails: no compiler)."""
+    out = tmp_path / "run"
+    env = {**os.environ, slot_physics.ENV_VAR: value, "CC": str(tmp_path / "no-such-compiler"), "RLBENCH_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "rlbench.cli", "train", "--env", ENV_ID, "--algo", "drs-ppo", "--preset", "smoke",
+                          "--seed", "1", "--quiet", "--budget", "16000", "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
+    assert not out.exists()
 
 
 def test_failed_build_falls_back_to_python_or_raises_when_c_is_required(fresh_build, monkeypatch):
