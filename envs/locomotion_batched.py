@@ -316,7 +316,8 @@ class MjDataPerSlotStepper(BatchedLocomotionStepper):
     to the gym envs, full MjData state included (tests/test_batched_backend.py); the
     persistent MjData is what each gym env has.
 
-    Not the backend, because of the working set. The one call saves ~0.3-1 us of the ~2.4 us
+    Not the backend, because of the working set (the comparisons below are with the backend's
+    Python loop, before envs/slot_physics.c). The one call saves ~0.3-1 us of the ~2.4 us
     of binding calls per slot-step (``scripts/bench_step_calls.py``, ``us_per_slot_calls_only``:
     the ctrl write and the gather are not free), but every slot-step now runs in the slot's
     own MjData (15 KB of arrays, ~31-35 KB of arena and 2.5-4 KB of stack in use in these

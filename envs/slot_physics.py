@@ -7,8 +7,10 @@ each other's Python between physics calls. The C loop makes the same three MuJoC
 whole chunk of slots in one ctypes call, which releases the GIL for its whole duration.
 
 Same bits: the C loop calls the same functions of the same library in the same order, so a
-slot's state after a step is bit-identical to the Python loop's (tests/test_slot_physics.py
-compares both loops' full states, and the backend's tests compare it with the gym envs).
+slot's state after a step is bit-identical to the Python loop's (both loops' full states are
+compared with the gym envs' in tests/test_batched_backend.py, whole batches of both through the
+Sampler in tests/test_bench_rollout_stepper.py). Threads take slots from one shared counter;
+which thread steps a slot does not matter, since the slot's row holds everything its step reads.
 The library is linked by its soname with the mujoco package's directory as run path, so the
 process's already-loaded ``libmujoco`` is the one called.
 
@@ -17,6 +19,11 @@ in the mujoco wheel, into rlbench's cache directory (:func:`cache_dir`), under a
 that hashes the source, the mujoco version and the platform. The library is written to a
 temporary file and renamed, so processes building it at the same time (test workers, Ray
 actors) never load a half-written file.
+
+Errors: MuJoCo's warnings (an unstable simulation, which MuJoCo handles itself) have the same
+effect as in the Python loop, since the calls are the same. A MuJoCo *fatal* error
+inside the C loop (``mju_error``, which the Python bindings turn into an exception) cannot
+unwind through it and would abort the process; stepping these models raises none.
 
 ``RLBENCH_PHYSICS_LOOP`` chooses the loop: ``auto`` (default: C when it builds, otherwise the
 Python loop, with the same results), ``python`` (always the Python loop), ``c`` (the C loop,
@@ -98,7 +105,8 @@ def _build(target: Path) -> None:
         cmd = [compiler, "-O2", "-shared", "-fPIC", "-I", str(include), str(SOURCE), "-o", tmp, str(libs[0]), f"-Wl,-rpath,{mjdir}"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
-            raise PhysicsLoopError(f"compiling {SOURCE.name} failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+            last = ((res.stderr or res.stdout).strip().splitlines() or ["no output"])[-1]
+            raise PhysicsLoopError(f"compiling {SOURCE.name} with {compiler} failed: {last}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
