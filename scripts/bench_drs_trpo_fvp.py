@@ -22,21 +22,16 @@ from agents.drs import DRSTRPO
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iterations import emit  # noqa: E402
-from bench_maml_update import record  # noqa: E402
+from bench_maml_update import add_batch_arguments, bad_batch_arguments, record  # noqa: E402
 
 IMPLS = ("closed-form", "autograd")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
-    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
-    p.add_argument("--threads", type=int, default=2, help="learner torch threads")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out")
+    add_batch_arguments(p, threads=2, repeats=3)
     a = p.parse_args()
-    if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
-        print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
+    if bad_batch_arguments(a):
         return 2
     fresh, tasks, log, sampling_cpu, backend = record(a.env, DRSTRPO.algo, a.fraction, a.threads, None)
     rows, params = [], {}

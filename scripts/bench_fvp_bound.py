@@ -35,7 +35,7 @@ from agents import maml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iterations import emit  # noqa: E402
-from bench_maml_update import record  # noqa: E402
+from bench_maml_update import add_batch_arguments, bad_batch_arguments, record  # noqa: E402
 
 ALGO = maml.TRPOMAML.algo
 CG_PRODUCTS = 10  # the protocol's conjugate-gradient iterations (docs/protocol.md section 4.2)
@@ -87,15 +87,10 @@ def sampling_budget(path: str, env_id: str) -> dict[str, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
-    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
-    p.add_argument("--threads", type=int, default=2, help="learner torch threads")
-    p.add_argument("--repeats", type=int, default=3)
+    add_batch_arguments(p, threads=2, repeats=3)
     p.add_argument("--iterations", required=True, help="bench_iterations.py output with the TRPO-MAML fused row")
-    p.add_argument("--out")
     a = p.parse_args()
-    if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
-        print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
+    if bad_batch_arguments(a):
         return 2
     try:
         budget = sampling_budget(a.iterations, a.env)

@@ -70,6 +70,24 @@ def record(env_id: str, algo: str, fraction: float, threads: int, impl: str | No
         return fresh, tasks, log, sampling_cpu[0], sampler.backend
 
 
+def add_batch_arguments(p: argparse.ArgumentParser, threads: int, repeats: int) -> None:
+    """The options the update benchmarks share: environment, fraction of the protocol's tasks,
+    learner threads, repeats, output file."""
+    p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
+    p.add_argument("--threads", type=int, default=threads, help="learner torch threads")
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--out")
+
+
+def bad_batch_arguments(a: argparse.Namespace) -> bool:
+    """True (after printing the one-line error) when --fraction, --threads or --repeats is out of range."""
+    if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
+        print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
+        return True
+    return False
+
+
 def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: int, repeats: int) -> list[dict]:
     fresh, tasks, log, sampling_cpu, backend = record(env_id, algo, fraction, threads, impls[0])
     tasks_n = len(tasks)
@@ -92,17 +110,12 @@ def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: in
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="rlbench/HalfCheetahRandVel-v0")
     maml_algos = [k for k in registry.keys() if "impl" in inspect.signature(AGENTS[k]).parameters]  # the MAML learners
     p.add_argument("--algos", nargs="+", default=maml_algos, choices=maml_algos)
     p.add_argument("--impls", nargs="+", default=list(maml.IMPLS[:2]), choices=list(maml.IMPLS))
-    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the protocol's tasks per iteration")
-    p.add_argument("--threads", type=int, default=1, help="learner torch threads")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--out")
+    add_batch_arguments(p, threads=1, repeats=1)
     a = p.parse_args()
-    if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
-        print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
+    if bad_batch_arguments(a):
         return 2
     rows = [r for algo in a.algos for r in bench(a.env, algo, a.impls, a.fraction, a.threads, a.repeats)]
     summary = {}
