@@ -88,7 +88,7 @@ from envs import slot_physics
 from envs.locomotion import RandParamsTask, observation
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, MjDataPerSlotStepper
 from rlbench import backends
-from rlbench.sampler import STEPPERS, Sampler, default_workers
+from rlbench.sampler import STEPPERS, UNITS, Sampler, _Draws, default_workers
 
 DEFAULT_ENVS = ["HalfCheetahRandVel", "Walker2DRandVel", "HopperRandParams", "ML1-Push"]
 PAPER_TASKS, PAPER_EPISODES = 40, 20  # docs/protocol.md section 4 sampling unit (locomotion)
@@ -278,9 +278,10 @@ def gym_loop(env_id: str, unwrapped: bool) -> float:
 class _Timed:
     """One sampler configuration of (c): a live Sampler, its actor and tasks; warmed up on creation."""
 
-    def __init__(self, env_id: str, backend: str, n_workers: int, n_tasks: int, episodes: int):
+    def __init__(self, env_id: str, backend: str, n_workers: int, n_tasks: int, episodes: int, unit: str = "episodes"):
         self.tasks = envs.get_task_distribution(env_id).sample(n_tasks, np.random.default_rng(0))
         self.episodes = episodes
+        self.unit = unit
         hidden = (100, 100) if envs.entry(env_id).family == "metaworld" else (64, 64)
         self.sampler = Sampler(env_id, n_workers=n_workers, backend=backend)
         policy = GaussianMLPPolicy(self.sampler.obs_dim, self.sampler.act_dim, hidden, init_std=1.0, action_scale=10.0)
@@ -288,7 +289,7 @@ class _Timed:
         self.warmup_s = 0.0
         if backend == "gym":  # the first collect builds the env pool (one env per slot): not timed
             t0 = time.perf_counter()
-            self.sampler.collect(self.tasks, episodes, self.actor, np.random.default_rng(0))
+            self.sampler.collect(self.tasks, episodes, self.actor, np.random.default_rng(0), unit=unit)
             self.warmup_s = time.perf_counter() - t0
         self.rates: list[float] = []
         # Process CPU time covers the sampler's work only when it runs in this process (a
@@ -300,7 +301,7 @@ class _Timed:
 
     def measure(self, rep: int) -> None:
         c0, t0 = time.process_time(), time.perf_counter()
-        batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1))
+        batch = self.sampler.collect(self.tasks, self.episodes, self.actor, np.random.default_rng(rep + 1), unit=self.unit)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         self.rates.append(batch.env_steps / wall)
         if self.in_process:
@@ -316,52 +317,99 @@ class _Timed:
         return out
 
 
-def replay_limits(env_id: str, timed: _Timed, rng_seed: int, batch) -> dict[str, Any]:
-    """The physics of exactly the sampler's episodes, nothing else: the batch's environment
-    actions replayed open loop with ``mujoco.rollout`` from the batch's reset states (same
-    models, warm start included), each episode for exactly its recorded length (one rollout
-    call per distinct length). Also checks the replay ends in the batch's ``last_obs``.
-    """
+def replay_episodes(batch, rng_seed: int, unit: str) -> list[tuple[int, int, int, int]]:
+    """(slot, reset seed, first step, length) of every episode the sampler stepped in ``batch``
+    (collected with ``np.random.default_rng(rng_seed)``). The episodes unit: one per slot, for
+    its recorded length. The steps unit: each slot's episodes back to back over the whole round
+    (its unfinished last one included: it was stepped too), every later one reset with the
+    seed the round drew for that slot at the step its predecessor ended; the round's random
+    numbers are drawn again with the sampler's own ``_Draws`` in ``collect``'s order."""
     T, E, H = batch.obs.shape[:3]
     n = T * E
+    draw = _Draws(np.random.default_rng(rng_seed), T, E)
+    seeds0 = draw.seeds()
+    if unit == "episodes":
+        return [(i, int(seeds0[i]), 0, int(length)) for i, length in enumerate(batch.lengths.reshape(n))]
+    step_seeds = []
+    for _ in range(H):
+        draw.noise(batch.actions.shape[-1])
+        step_seeds.append(draw.seeds())
+    ends = batch.ep_end.reshape(n, H)
+    out = []
+    for i in range(n):
+        t0, seed = 0, int(seeds0[i])
+        for t in np.flatnonzero(ends[i]).tolist():
+            out.append((i, seed, t0, t + 1 - t0))
+            t0, seed = t + 1, int(step_seeds[t][i])
+        if t0 < H:
+            out.append((i, seed, t0, H - t0))
+    return out
+
+
+def replay_limits(env_id: str, timed: _Timed, rng_seed: int, batch) -> dict[str, Any]:
+    """The physics of exactly the sampler's episodes, nothing else: the batch's environment
+    actions replayed open loop with ``mujoco.rollout`` from the episodes' reset states (same
+    models, warm start included), each episode for exactly the steps the sampler took in it
+    (:func:`replay_episodes`; one rollout call per distinct length). Also checks, bit for bit,
+    that the replay passes through the batch's recorded observations inside every episode and
+    ends in ``last_obs`` where the batch's last observation is the episode's own (not a reset's)."""
+    T, E, H = batch.obs.shape[:3]
+    n = T * E
+    eps = replay_episodes(batch, rng_seed, timed.unit)
+    slot = np.array([e[0] for e in eps])
+    first = np.array([e[2] for e in eps])
+    lengths = np.array([e[3] for e in eps])
     slot_tasks = [t for t in timed.tasks for _ in range(E)]
-    seeds = np.random.default_rng(rng_seed).integers(0, 2**31 - 1, size=n)  # Sampler.collect's first draw
     stepper = BatchedLocomotionStepper(env_id, H)
-    stepper.reset(slot_tasks, seeds)
+    stepper.reset([slot_tasks[i] for i in slot], np.array([e[1] for e in eps]))
     models = list(stepper._slot_models)
     full = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
     scratch = mujoco.MjData(stepper.model)
-    state0 = np.empty((n, mujoco.mj_stateSize(stepper.model, full)))
-    warm0 = np.empty((n, stepper.nv))
+    state0 = np.empty((len(eps), mujoco.mj_stateSize(stepper.model, full)))
+    warm0 = np.empty((len(eps), stepper.nv))
     reset_states = stepper.state()
-    for i in range(n):
-        mujoco.mj_setState(models[i], scratch, reset_states[i], STATE_SPEC)
-        mujoco.mj_getState(models[i], scratch, state0[i], full)
-        warm0[i] = scratch.qacc_warmstart
+    for j in range(len(eps)):
+        mujoco.mj_setState(models[j], scratch, reset_states[j], STATE_SPEC)
+        mujoco.mj_getState(models[j], scratch, state0[j], full)
+        warm0[j] = scratch.qacc_warmstart
     fs = stepper.frame_skip
     env_actions = np.clip(batch.actions.reshape(n, H, -1) / timed.actor.policy.action_scale, -1.0, 1.0)
-    lengths = batch.lengths.reshape(n)
+    obs = batch.obs.reshape(n, H, -1)
     last_obs = batch.last_obs.reshape(n, -1)
+    # which episodes end in the batch's last observation: every one in the episodes unit; in the
+    # steps unit a slot's last, unless it terminated at the round's last step (the sampler then
+    # holds the observation of the reset that followed)
+    if timed.unit == "steps":
+        ends_round = (first + lengths == H) & ~batch.ep_term.reshape(n, H)[slot, H - 1]
+    else:
+        ends_round = np.ones(len(eps), dtype=bool)
     stepper.close()
+
+    def observations(states: np.ndarray) -> np.ndarray:
+        return observation(stepper.spec, states[..., 1 : 1 + stepper.nq], states[..., 1 + stepper.nq : 1 + stepper.nq + stepper.nv])
+
     out: dict[str, Any] = {}
     for nthread, key in ((0, "replay_1thread"), (2, "replay_2threads")):
         datas = [mujoco.MjData(stepper.model) for _ in range(max(nthread, 1))]
         exact, elapsed, cpu = True, 0.0, 0.0
         with rollout.Rollout(nthread=nthread) as r:
-            for length in np.unique(lengths):
+            for length in np.unique(lengths).tolist():
                 idx = np.flatnonzero(lengths == length)
-                ctrl = np.repeat(env_actions[idx, :length], fs, axis=1)
+                steps = first[idx, None] + np.arange(length)
+                ctrl = np.repeat(env_actions[slot[idx, None], steps], fs, axis=1)
                 c0, t0 = time.process_time(), time.perf_counter()
-                states, _ = r.rollout([models[i] for i in idx], datas, state0[idx], ctrl,
-                                      initial_warmstart=warm0[idx], nstep=int(length) * fs)
+                states, _ = r.rollout([models[j] for j in idx], datas, state0[idx], ctrl, initial_warmstart=warm0[idx], nstep=length * fs)
                 elapsed += time.perf_counter() - t0
                 cpu += time.process_time() - c0
-                final = states[:, -1]
-                qpos, qvel = final[:, 1 : 1 + stepper.nq], final[:, 1 + stepper.nq : 1 + stepper.nq + stepper.nv]
-                exact &= bool(np.array_equal(observation(stepper.spec, qpos, qvel), last_obs[idx]))
+                # after env step k (1 <= k < length) the sampler recorded the observation at first + k
+                exact &= bool(np.array_equal(observations(states[:, fs - 1 : (length - 1) * fs : fs]), obs[slot[idx, None], steps[:, 1:]]))
+                last = idx[ends_round[idx]]
+                exact &= bool(np.array_equal(observations(states[ends_round[idx], -1]), last_obs[slot[last]]))
         out[key] = float(lengths.sum()) / elapsed
         out[f"{key}_per_cpu_s"] = float(lengths.sum()) / cpu
         out[f"{key}_reproduces_batch"] = exact
+    out["replay_episodes"] = len(eps)
+    out["replay_steps"] = int(lengths.sum())
     return out
 
 
@@ -438,7 +486,7 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
     locomotion = not metaworld and STEPPERS["mujoco-batched"].supports(env_id)
     configs = _configs(args.configs, workers, locomotion)
     print(f"[{env_id}] starting {len(configs)} samplers", file=sys.stderr, flush=True)
-    timed = {f"{backend}/{nw}": _Timed(env_id, backend, nw, n_tasks, episodes) for backend, nw in configs}
+    timed = {f"{backend}/{nw}": _Timed(env_id, backend, nw, n_tasks, episodes, args.unit) for backend, nw in configs}
     # The replay follows the episodes of an exact batched line (all its thread counts give the same batch).
     replay_key = next((k for k in ("mujoco-batched/1", f"mujoco-batched/{workers}") if k in timed), None)
     a_runs: dict[str, list[float]] = {}
@@ -588,6 +636,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fraction", type=float, default=0.25, help="fraction of the paper's 40 tasks (x 20 episodes x 200)")
     p.add_argument("--mw-tasks", type=int, default=4, help="Meta-World tasks per batch (gym backend only)")
     p.add_argument("--mw-episodes", type=int, default=5, help="Meta-World episodes per task")
+    p.add_argument("--unit", choices=UNITS, default="episodes",
+                   help="(c) sampling unit of the sampler lines (runs use 'steps'; the replay follows either)")
     p.add_argument("--repeats", type=int, default=3, help="measurements of every line (best reported); sampler configs get one extra, untimed warm-up collect")
     p.add_argument("--workers", type=int, default=0, help="'all workers' (0: one per core)")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -615,7 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "physics_loop": "c" if slot_physics.c_loop() is not None else f"python ({slot_physics.unavailable_reason()})",
         },
         "settings": {
-            "fraction": args.fraction, "repeats": args.repeats, "all_workers": workers,
+            "fraction": args.fraction, "repeats": args.repeats, "all_workers": workers, "unit": args.unit,
             "paper_batch": f"{PAPER_TASKS} tasks x {PAPER_EPISODES} episodes x 200",
             "metaworld_batch": f"{args.mw_tasks} tasks x {args.mw_episodes} episodes x 150 (gym backend only)",
             "rollout_lines": f"{ROLLOUT_COPIES} copies x {ROLLOUT_ENV_STEPS} env steps per call",

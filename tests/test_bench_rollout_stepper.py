@@ -170,3 +170,26 @@ def test_pyloop_line_is_registered_and_equals_the_backend(monkeypatch):
         assert s._workers[0].stepper.physics_loop == ("python" if name == "mujoco-batched-pyloop" else default)
 
     assert_same_batches("rlbench/HopperRandParams-v0", "mujoco-batched-pyloop", check)
+
+
+@pytest.mark.parametrize("unit", ["episodes", "steps"])
+def test_replay_passes_through_the_batch_in_both_units(unit):
+    """bench_sampler's replay (the denominator of the sampler-vs-physics ratios) reproduces the
+    recorded observations of every episode bit for bit on HopperRandParams, whose episodes end
+    early: one per slot in the episodes unit, several back to back (reset with the round's
+    later seed draws) in the steps unit, for exactly the batch's env steps; with the round's
+    random numbers drawn from another seed it does not."""
+    timed = bench._Timed("rlbench/HopperRandParams-v0", "mujoco-batched", 1, 2, 3, unit)
+    try:
+        timed.measure(0)
+        batch, seed = timed.last
+        r = bench.replay_limits("rlbench/HopperRandParams-v0", timed, seed, batch)
+        assert r["replay_1thread_reproduces_batch"] and r["replay_2threads_reproduces_batch"]
+        assert r["replay_steps"] == batch.env_steps
+        assert r["replay_episodes"] == (6 if unit == "episodes" else 6 + int(batch.ep_end.sum()) - int(batch.ep_end[..., -1].sum()))
+        if unit == "steps":
+            assert r["replay_episodes"] > 12  # slots really ran several episodes
+        wrong = bench.replay_limits("rlbench/HopperRandParams-v0", timed, seed + 1, batch)
+        assert not wrong["replay_1thread_reproduces_batch"]
+    finally:
+        timed.sampler.close()
