@@ -13,15 +13,19 @@ For each environment:
     from the same reset states and models, each episode for its recorded length -- so it
     costs what the sampler's physics costs (the random-action lines above visit other
     states: a cheetah that flips over or a hopper lying on the floor costs more or less
-    per step). ``replay_*_reproduces_batch`` checks that the replay ends in the batch's
-    last observations, bit for bit.
+    per step). In the steps unit a slot's episodes are replayed back to back, the later ones
+    from the resets the round's own seed draws gave them. ``replay_*_reproduces_batch``
+    checks that the replay passes through every observation the batch recorded inside each
+    episode, and ends in its last observations, bit for bit.
 (b) a bare single-process gymnasium loop, uniform random actions, resets included:
     ``wrapped`` through ``envs.make`` (PassiveEnvChecker, OrderEnforcing, TimeLimit),
     ``unwrapped`` on the bare MetaEnv with the horizon counted by hand.
 (c) ``rlbench.sampler.Sampler.collect`` with the policy in the loop (GaussianMLPPolicy actor,
     tanh (64, 64) for locomotion, (100, 100) for Meta-World: docs/protocol.md section 3), at the
     paper's batch shape 40 tasks x 20 episodes x horizon 200 times ``--fraction`` of the
-    tasks; Meta-World (gym backend only) at a stated smaller batch (--mw-tasks x
+    tasks, in the sampling unit ``--unit`` ("episodes" by default: each slot runs one episode
+    and idles once it ends; "steps", the run default: each slot runs the whole round, episodes
+    back to back); Meta-World (gym backend only) at a stated smaller batch (--mw-tasks x
     --mw-episodes x 150). Per backend with 1 worker and with all workers; for the batched
     backend "all workers" means threads in one process (its default) and, for comparison,
     worker processes with one thread each (``mujoco-batched-processes``). The first collect
