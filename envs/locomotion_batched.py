@@ -53,8 +53,10 @@ not the backend because its working set is every slot's MjData instead of one pe
 which costs more than the calls save at the sampler's slot counts (see its docstring).
 
 Threads: the C loop (and, in the Python loop, ``mj_step``) releases the GIL, so ``threads > 1``
-steps disjoint chunks of the active slots in parallel, each thread with its own scratch MjData. Results do not depend on
-the thread count or on how slots are chunked (each slot's step only reads its own row).
+steps the active slots in parallel, each thread with its own scratch MjData: the C loop's
+threads take slots one at a time from a shared counter, the Python loop splits them into fixed
+chunks. Results do not depend on the thread count or on which thread steps a slot (each
+slot's step only reads its own row).
 
 Rand-params tasks need one MjModel per task: every slot has its own model copy, whose
 scaled arrays are rewritten (from the originals, never compounding) only when the slot's
@@ -339,6 +341,7 @@ class MjDataPerSlotStepper(BatchedLocomotionStepper):
 
     def __init__(self, env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
         super().__init__(env_id, horizon, env_kwargs, threads)
+        self._loop = None  # its own per-slot loop (_physics below), never the state-row C loop
         # One MjData per slot, kept from batch to batch (grown when a batch has more slots),
         # with numpy views of its ctrl, qpos and qvel made once.
         self._datas: list[mujoco.MjData] = []

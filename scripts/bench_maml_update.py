@@ -27,9 +27,11 @@ import time
 
 import torch
 
+import envs
 from agents import maml, registry
 from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
+from envs.base import UnknownEnvError
 from rlbench import config, presets, seeding
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
@@ -81,7 +83,13 @@ def add_batch_arguments(p: argparse.ArgumentParser, threads: int, repeats: int) 
 
 
 def bad_batch_arguments(a: argparse.Namespace) -> bool:
-    """True (after printing the one-line error) when --fraction, --threads or --repeats is out of range."""
+    """True (after printing the one-line error) when --env is unknown or --fraction, --threads or
+    --repeats is out of range."""
+    try:
+        envs.entry(a.env)
+    except UnknownEnvError as e:
+        print(f"error: --env: {e}", file=sys.stderr)
+        return True
     if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
         print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
         return True

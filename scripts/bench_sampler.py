@@ -89,6 +89,7 @@ from mujoco import rollout
 import envs
 from agents.policy import GaussianMLPPolicy
 from envs import slot_physics
+from envs.base import UnknownEnvError
 from envs.locomotion import RandParamsTask, observation
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, MjDataPerSlotStepper
 from rlbench import backends
@@ -652,6 +653,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=CONFIGS, metavar="BACKEND/WORKERS",
                    help=f"(c) sampler lines, 'all' = --workers (choices: {' '.join(CONFIGS)}; default: the first five)")
     args = p.parse_args(argv)
+    for name in args.envs:
+        try:
+            envs.entry(_env_id(name))
+        except UnknownEnvError as e:
+            print(f"error: --envs: {e}", file=sys.stderr)
+            sys.exit(2)
     workers = args.workers or default_workers()
     STEPPERS["mujoco-batched-processes"] = _processes_backend  # fork: workers inherit it
     STEPPERS["mujoco-batched-rollout"] = _rollout_backend  # measurement only: not bit-identical

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,10 +108,12 @@ def test_sampler_table_from_a_hand_written_file(tmp_path, capsys):
 
 
 def test_update_benches_refuse_bad_arguments_in_one_line(tmp_path, monkeypatch, capsys):
-    """bench_drs_trpo_fvp.py and bench_fvp_bound.py: bad numbers and an iterations file without
-    a TRPO-MAML fused row end with one line and exit status 2, before sampling anything."""
+    """bench_drs_trpo_fvp.py, bench_fvp_bound.py and bench_maml_update.py: an unknown --env, bad
+    numbers and an iterations file without a TRPO-MAML fused row end with one line and exit
+    status 2, before sampling anything; so does bench_sampler.py with an unknown --envs name."""
     for name, argv in (("bench_drs_trpo_fvp", ["--fraction", "0"]), ("bench_drs_trpo_fvp", ["--repeats", "0"]),
-                       ("bench_fvp_bound", ["--threads", "0", "--iterations", "x.json"])):
+                       ("bench_fvp_bound", ["--threads", "0", "--iterations", "x.json"]), ("bench_drs_trpo_fvp", ["--env", "bogus"]),
+                       ("bench_fvp_bound", ["--env", "bogus", "--iterations", "x.json"]), ("bench_maml_update", ["--env", "bogus"])):
         monkeypatch.setattr("sys.argv", [name, *argv])
         assert _load(name).main() == 2, (name, argv)
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -119,3 +123,7 @@ def test_update_benches_refuse_bad_arguments_in_one_line(tmp_path, monkeypatch, 
     assert _load("bench_fvp_bound").main() == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds no trpo-maml fused row" in err
+    with pytest.raises(SystemExit) as e:
+        _load("bench_sampler").main(["--envs", "HalfCheetahRandVel", "bogus"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "unknown environment 'rlbench/bogus-v0'" in err
