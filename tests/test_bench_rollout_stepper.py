@@ -193,3 +193,42 @@ def test_replay_passes_through_the_batch_in_both_units(unit):
         assert not wrong["replay_1thread_reproduces_batch"]
     finally:
         timed.sampler.close()
+
+
+@pytest.mark.skipif(slot_physics.c_loop() is None, reason="the pipelined line needs the C physics loop")
+@pytest.mark.parametrize(("name", "tasks"), [("HopperRandParams", 4), ("Walker2DRandVel", 5)])
+def test_pipelined_line_reproduces_the_backend_batch(name, tasks):
+    """bench_sampler's measurement-only ``mujoco-batched-pipelined`` loop (two task halves, one
+    half's policy and numpy overlapped with the other's physics) makes the backend's batch of
+    the same seed bit for bit, with early terminations and in-round resets (an odd task count
+    splits unevenly), and ``compare`` notices a batch from another seed."""
+    env_id = f"rlbench/{name}-v0"
+    piped = bench._PipelinedTimed(env_id, 2, tasks, 3)
+    ref = bench._Timed(env_id, "mujoco-batched", 2, tasks, 3, unit="steps")
+    try:
+        for rep in (0, 1):
+            piped.measure(rep)
+            ref.measure(rep)
+            batch, _ = ref.last
+            assert int(batch.ep_end[..., :-1].sum()) > 0  # slots terminated and were reset inside the round
+            piped.compare(batch)
+        assert piped.same == [True, True]
+        ref.measure(5)
+        piped.compare(ref.last[0])
+        assert piped.same[-1] is False
+        assert piped.result()["reproduces_backend_batch"] is False
+    finally:
+        piped.sampler.close()
+        ref.sampler.close()
+
+
+def test_pipelined_line_refuses_the_episodes_unit(capsys):
+    """The pipelined line exists in the steps unit only, beside a mujoco-batched line: anything
+    else is a one-line error with exit status 2 before any measurement."""
+    for extra in (["--unit", "episodes", "--configs", "mujoco-batched/all", "mujoco-batched-pipelined/all"],
+                  ["--unit", "steps", "--configs", "mujoco-batched-pipelined/all"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--envs", "HalfCheetahRandVel", "--repeats", "1", *extra])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "mujoco-batched-pipelined/all needs --unit steps" in err[0]
