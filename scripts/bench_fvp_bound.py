@@ -9,9 +9,9 @@ KL, taken through the inner step's Jacobian J). This script measures, on one rec
 * ``fvp``: the wall and CPU time of one product of the default (``fused``) learner, and its
   matrix-multiply floating-point operations, counted by ``torch.utils.flop_counter``
   (elementwise work is not counted, so the count is a lower bound on the work);
-* ``gemm``: this machine's matrix-multiply throughput with the same thread count, as the
-  best of square 1024 x 1024 products and of products shaped like the policy's layers
-  (rows x 64 by 64 x 64);
+* ``gemm``: this machine's matrix-multiply throughput with the same thread count: square
+  1024 x 1024 products, and products shaped like the policy's layers (a task group's rows x 64
+  by 64 x 64) into a reused output and into a fresh one per call (see :func:`gemm_rate`);
 * ``bound``: the time ``cg_iters`` products would take if every counted operation ran at the
   best of those throughputs (``products_at_best_gemm_s``) or at the layer-shaped one
   (``products_at_layer_gemm_s``) and nothing else took time, next to the budget a 25% share leaves, taken from a
@@ -67,10 +67,16 @@ def count_flops(fn) -> float:
 
 
 def gemm_rate(rows: int, repeats: int) -> dict[str, float]:
+    """FLOP/s of square 1024 products and of layer-shaped ones (rows x 64 by 64 x 64): into a
+    reused output (``layer_shaped``, the rate the arithmetic allows) and into a fresh one each
+    call (``layer_shaped_fresh_output``: for outputs above glibc's mmap threshold every call
+    maps, faults in and zeroes new pages, which halved the rate in this script's first version)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    x, w = torch.randn(rows, 64), torch.randn(64, 64)
+    x, w, o = torch.randn(rows, 64), torch.randn(64, 64), torch.empty(rows, 64)
+    flops = 2 * rows * 64 * 64
     return {"square_1024": best_rate(lambda: a @ b, 2 * 1024**3, repeats),
-            "layer_shaped": best_rate(lambda: x @ w, 2 * rows * 64 * 64, repeats)}
+            "layer_shaped": best_rate(lambda: torch.mm(x, w, out=o), flops, repeats),
+            "layer_shaped_fresh_output": best_rate(lambda: x @ w, flops, repeats)}
 
 
 def sampling_budget(path: str, env_id: str) -> dict[str, float]:
