@@ -105,6 +105,17 @@ def test_sampler_table_from_a_hand_written_file(tmp_path, capsys):
     assert _load("sampler_table").main([str(f)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a readable scripts/bench_sampler.py output" in err
+    # --pool: every per-repeat ratio of all the files, per (environment, line): 0.84 0.876 0.95 0.70 0.91
+    ratios2 = {**ratios, "c_over_replay_same_threads_repeats": {"per_repeat": [0.95, 0.70, 0.91], "median": 0.91}}
+    g = tmp_path / "t.json"
+    g.write_text(json.dumps({**result, "envs": {"rlbench/HalfCheetahRandVel-v0": {**env, "ratios": {"mujoco-batched/2": ratios2}}}}))
+    f.write_text(json.dumps(result))
+    capsys.readouterr()
+    assert _load("sampler_table").main(["--pool", str(f), str(g)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:] == ["| HalfCheetahRandVel | mujoco-batched/2 | 5 | 0.876 | 0.700 | 0.950 |"]
+    assert _load("sampler_table").main([str(f), str(g)]) == 2  # several files without --pool
+    assert capsys.readouterr().err.strip() == "error: several files need --pool"
 
 
 def test_update_benches_refuse_bad_arguments_in_one_line(tmp_path, monkeypatch, capsys):
