@@ -144,6 +144,13 @@ class PolicyActor:
         u_np = u.numpy().astype(np.float64)
         return u_np, np.clip(u_np / self.policy.action_scale, -1.0, 1.0)
 
+    def tasks(self, rows: slice) -> PolicyActor:
+        """The actor for the tasks ``rows`` of the observations it is called with (stacked
+        per-task parameters are sliced; shared ones are kept). Whether its actions equal the
+        whole batch's rows bit for bit depends on the matrix library (rlbench/sampler.py checks)."""
+        stacked = self.params["W0"].dim() == 3
+        return PolicyActor(self.policy, {k: v[rows] for k, v in self.params.items()} if stacked else self.params)
+
 
 def stack_params(params_list: Iterable[Params]) -> Params:
     """[{k: t}] * T -> {k: [T, ...]}."""

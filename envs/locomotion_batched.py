@@ -164,6 +164,8 @@ class BatchedLocomotionStepper:
         self._scratch: list[mujoco.MjData] = []  # one per thread, made at the first reset
         self._state = np.zeros((0, self.nstate))
         self._rows: list[np.ndarray] = []
+        #: False: the sampler steps all slots together even where it could pipeline (scripts/bench_sampler.py's lock-step line)
+        self.split_steps = True
 
     # -- Stepper protocol -------------------------------------------------------------------
     def reset(self, tasks: list[Any], seeds: np.ndarray) -> np.ndarray:
@@ -204,18 +206,55 @@ class BatchedLocomotionStepper:
         a = np.clip(np.asarray(actions, dtype=np.float64)[sel], -1.0, 1.0)
         x_before = self._torso_x(sel)
         self._physics(idx, a)
+        obs[sel], rew[sel], term[sel], unstable[sel] = self._after_physics(idx, sel, all_active, a, x_before, reset_seeds)
+        return obs, rew, term, succ, unstable
+
+    def _after_physics(self, idx: np.ndarray, sel: slice | np.ndarray, all_active: bool, a: np.ndarray, x_before: np.ndarray,
+                       reset_seeds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Observations, rewards, terminations and instability of the slots ``idx`` (rows ``sel``)
+        just stepped with clipped actions ``a`` from torso x ``x_before``; with ``reset_seeds``
+        (indexed by slot), the ones that terminated are reset and return their reset observation."""
         qpos, qvel = self._gather(idx, all_active)
         velocity = (qpos[:, 0] - x_before) / self.dt
-        rew[sel] = reward(self.spec, velocity, a, self._goal[sel])
-        term[sel] = ~is_healthy(self.spec, qpos, qvel)
-        obs[sel] = observation(self.spec, qpos, qvel)
-        unstable[sel] = ~(np.isfinite(obs[sel]).all(axis=1) & np.isfinite(rew[sel]))
+        rew = reward(self.spec, velocity, a, self._goal[sel])
+        term = ~is_healthy(self.spec, qpos, qvel)
+        obs = observation(self.spec, qpos, qvel)
+        unstable = ~(np.isfinite(obs).all(axis=1) & np.isfinite(rew))
         term |= unstable
         if reset_seeds is not None and term.any():
-            ended = np.flatnonzero(term)
+            ended = idx[term]
             self._reset_slots(ended, np.asarray(reset_seeds)[ended])
-            obs[ended] = self._observe(ended)
-        return obs, rew, term, succ, unstable
+            obs[term] = self._observe(ended)
+        return obs, rew, term, unstable
+
+    # -- the same step in two parts, for a loop that works while the physics runs -------------
+    @property
+    def can_split_steps(self) -> bool:
+        """Whether :meth:`step_begin` / :meth:`step_end` are available: the C physics loop on
+        at least two threads (the sampler's pipelined loop, rlbench/sampler.py)."""
+        return (self.split_steps and self._loop is not None and self._pool is not None
+                and type(self)._physics is BatchedLocomotionStepper._physics)
+
+    def step_begin(self, rows: slice, actions: np.ndarray) -> tuple:
+        """Start one environment step of the (all active) slots ``rows`` with ``actions``
+        [rows, act_dim] on the pool's threads and return at once. Until :meth:`step_end`, the
+        caller may step nothing else, but may use this stepper's other slots' results."""
+        idx = np.arange(rows.start, rows.stop)
+        a = np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0)
+        x_before = self._torso_x(rows)
+        self._state[rows, self._ctrl] = a
+        return rows, idx, a, x_before, self._loop.start(idx, self._scratch, self._pool)
+
+    def step_join(self, handle: tuple) -> None:
+        """Help the pool's threads finish the physics :meth:`step_begin` started, and wait for them."""
+        self._loop.join(handle[4])
+
+    def step_end(self, handle: tuple, reset_seeds: np.ndarray | None = None):
+        """After :meth:`step_join`: what :meth:`step` returns, for the slots of ``handle`` only
+        (``reset_seeds`` indexed by slot over all slots)."""
+        rows, idx, a, x_before, _ = handle
+        obs, rew, term, unstable = self._after_physics(idx, rows, False, a, x_before, reset_seeds)
+        return obs, rew, term, np.full(idx.size, np.nan), unstable
 
     def state(self) -> np.ndarray:
         """[n, nstate]: every current slot's STATE_SPEC vector (time, qpos, qvel, act,

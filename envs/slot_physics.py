@@ -170,15 +170,26 @@ class SlotLoop:
         """Step slots ``idx`` frame_skip times on ``len(datas)`` threads (this one, and
         ``len(datas) - 1`` of ``pool``), each loading slots into its own scratch ``datas[j]``
         and taking slots from one shared counter until all are done."""
+        self.join(self.start(idx, datas, pool))
+
+    def start(self, idx: np.ndarray, datas: list[mujoco.MjData], pool: ThreadPoolExecutor | None = None) -> tuple:
+        """Start stepping slots ``idx`` on ``len(datas) - 1`` threads of ``pool`` and return at
+        once; :meth:`join` makes the calling thread take the slots still left (with
+        ``datas[0]``) and waits for the others. The caller may work meanwhile, but must not touch
+        these slots' state rows or ``datas[0]`` until :meth:`join` returns."""
         idx = np.ascontiguousarray(idx, dtype=np.int64)
-        counter = np.zeros(1, dtype=np.int64)
+        counter = np.zeros(1, dtype=np.int64)  # kept alive with idx in the handle
         args = (self.models.ctypes.data, self.states.ctypes.data, self.states.shape[1], idx.ctypes.data, idx.size,
                 self.spec, self.frame_skip, counter.ctypes.data, self.GRAB)
+        futures = [pool.submit(self._call, args, d) for d in datas[1:]] if pool is not None else []
+        return args, datas[0], futures, idx, counter
 
-        def call(data: mujoco.MjData) -> None:
-            self.fn(args[0], data._address, *args[1:])
-
-        futures = [pool.submit(call, d) for d in datas[1:]] if pool is not None else []
-        call(datas[0])
+    def join(self, handle: tuple) -> None:
+        """Finish what :meth:`start` began: step the remaining slots on this thread, then wait."""
+        args, data, futures = handle[:3]
+        self._call(args, data)
         for f in futures:
             f.result()
+
+    def _call(self, args: tuple, data: mujoco.MjData) -> None:
+        self.fn(args[0], data._address, *args[1:])

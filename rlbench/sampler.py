@@ -9,7 +9,12 @@ whole episode (a round costs at most T x E x H steps). All slots of a round step
 every time step the policy is evaluated ONCE on the observations of every live slot (with one
 parameter set per task when MAML samples after adaptation), and the environments are stepped
 by worker processes, each owning a contiguous block of slots. Steps are counted per single
-environment.
+environment. Pipelining: in the steps unit, a backend whose stepper can split its steps (the
+batched MuJoCo backend with its C physics loop on 2+ threads) runs the round as two halves of
+the tasks in flight, the policy call and numpy of one half overlapping the other half's
+physics; the policy is then evaluated once per half and step, which :meth:`Sampler._pipeline`
+allows only when the halves' actions equal the whole batch's bit for bit, so the batch is the
+lock-step loop's.
 
 Determinism: every random number (reset seeds, action noise) is drawn in the main process,
 either from one generator for the whole round or from one generator per task (then a task's
@@ -328,45 +333,49 @@ class Sampler:
         succ_run = np.full(n, np.nan)  # running max of reported success in the current episode
         stepped = np.zeros(n, dtype=np.int64)
         unstable = 0
-        for t in range(H):
-            noise = draw.noise(self.act_dim)
-            u, a_env = actor(obs_now.reshape(T, E, -1), noise.reshape(T, E, -1))
-            u, a_env = u.reshape(n, -1), a_env.reshape(n, -1)
-            reset_seeds = draw.seeds() if steps_unit else None
-            parts = self._call("step", blocks, a_env, active, reset_seeds)
-            if len(parts) == 1:
-                nxt, r, te, sc, unst = parts[0]
-            else:
-                nxt, r, te, sc, unst = (np.concatenate([p[k] for p in parts]) for k in range(5))
-            te = te & active
-            unstable += int((unst & active).sum())
+
+        def record(rows: slice, t: int, u: np.ndarray, nxt: np.ndarray, r: np.ndarray, te: np.ndarray, sc: np.ndarray,
+                   unst: np.ndarray) -> np.ndarray:
+            """Record step t of the slots ``rows`` (stored actions ``u``, the stepper's outputs
+            for those rows) and move them on; returns which of them ended an episode."""
+            nonlocal unstable
+            live = active[rows]
+            te = te & live
+            unstable += int((unst & live).sum())
             # Record the transitions of active slots (inactive rows stay zero). Plain copies
             # when every slot is live; masked copies (no fancy-index gathers) otherwise.
-            if active.all():
-                obs[:, t] = obs_now
-                act[:, t] = u
-                rew[:, t] = r
-                ep_time[:, t] = t_in_ep
-                last_obs[:] = nxt
+            if live.all():
+                obs[rows, t] = obs_now[rows]
+                act[rows, t] = u
+                rew[rows, t] = r
+                ep_time[rows, t] = t_in_ep[rows]
+                last_obs[rows] = nxt
             else:
-                live = active[:, None]
-                np.copyto(obs[:, t], obs_now, where=live)
-                np.copyto(act[:, t], u, where=live)
-                np.copyto(rew[:, t], r, where=active)
-                np.copyto(ep_time[:, t], t_in_ep, where=active)
-                np.copyto(last_obs, nxt, where=live)
-            stepped += active
-            reported = active & ~np.isnan(sc)
+                np.copyto(obs[rows, t], obs_now[rows], where=live[:, None])
+                np.copyto(act[rows, t], u, where=live[:, None])
+                np.copyto(rew[rows, t], r, where=live)
+                np.copyto(ep_time[rows, t], t_in_ep[rows], where=live)
+                np.copyto(last_obs[rows], nxt, where=live[:, None])
+            stepped[rows] += live
+            succ, t_ep = succ_run[rows], t_in_ep[rows]  # views
+            reported = live & ~np.isnan(sc)
             if reported.any():
-                succ_run[reported] = np.fmax(np.nan_to_num(succ_run[reported], nan=0.0), sc[reported])
-            t_in_ep += active
-            ended = te | (active & (t_in_ep >= H))  # termination, or the horizon
-            ep_end[:, t] = ended
-            ep_term[:, t] = te
-            ep_success[ended, t] = succ_run[ended]
-            succ_run[ended] = np.nan
-            t_in_ep[ended] = 0  # steps unit: the stepper has already reset these slots
-            obs_now = nxt
+                succ[reported] = np.fmax(np.nan_to_num(succ[reported], nan=0.0), sc[reported])
+            t_ep += live
+            ended = te | (live & (t_ep >= H))  # termination, or the horizon
+            ep_end[rows, t] = ended
+            ep_term[rows, t] = te
+            ep_success[rows, t][ended] = succ[ended]
+            succ[ended] = np.nan
+            t_ep[ended] = 0  # steps unit: the stepper has already reset these slots
+            obs_now[rows] = nxt
+            return ended
+
+        halves = self._pipeline(actor, T, E, obs_now) if steps_unit else None
+        if halves is not None:
+            self._pipelined_steps(draw, E, obs_now, *halves, record)
+        for t in range(0 if halves is None else H, H):
+            ended = record(slice(0, n), t, *self._lockstep(draw, actor, blocks, obs_now.reshape(T, E, -1), active, steps_unit))
             if not steps_unit:
                 active &= ~ended
                 if not active.any():
@@ -398,6 +407,76 @@ class Sampler:
             lengths=shape(valid.sum(-1)), terminated=shape(terminated), truncated=shape(~terminated),
             last_obs=shape(last_obs), env_steps=steps, unstable=unstable,
         )
+
+
+    def _lockstep(self, draw: _Draws, actor: Actor, blocks: list[slice], obs_now: np.ndarray, active: np.ndarray,
+                  steps_unit: bool) -> tuple[np.ndarray, ...]:
+        """One step of every slot together: the step's noise, the policy on all slots
+        (observations [T, E, obs_dim]), the reset seeds (steps unit), the workers' steps.
+        Returns (stored actions, next observations, rewards, terminated, success, unstable)."""
+        n = obs_now.shape[0] * obs_now.shape[1]
+        noise = draw.noise(self.act_dim)
+        u, a_env = actor(obs_now, noise.reshape(*obs_now.shape[:2], -1))
+        reset_seeds = draw.seeds() if steps_unit else None
+        parts = self._call("step", blocks, a_env.reshape(n, -1), active, reset_seeds)
+        if len(parts) == 1:
+            return u.reshape(n, -1), *parts[0]
+        return u.reshape(n, -1), *(np.concatenate([p[k] for p in parts]) for k in range(5))
+
+    def _pipeline(self, actor: Actor, T: int, E: int, obs_now: np.ndarray):
+        """(stepper, slot rows of the two task halves, their actors) when this round can run
+        pipelined (:meth:`_pipelined_steps`), else None. It can when the backend's one
+        in-process stepper splits its steps (the batched MuJoCo backend with the C loop on 2+
+        threads), there are 2+ tasks, the actor can be restricted to tasks (PolicyActor.tasks),
+        and the two halves' actions equal the whole batch's bit for bit on this round's first
+        observations (matrix libraries may pick different kernels for different row counts)."""
+        stepper = getattr(self._workers[0], "stepper", None) if self.threaded else None
+        if T < 2 or not getattr(stepper, "can_split_steps", False) or not hasattr(actor, "tasks"):
+            return None
+        cut = T // 2
+        tasks = [slice(0, cut), slice(cut, T)]
+        actors = [actor.tasks(ts) for ts in tasks]
+        o = obs_now.reshape(T, E, -1)
+        z = np.zeros((T, E, self.act_dim))
+        whole = actor(o, z)
+        parts = [a(o[ts], z[ts]) for a, ts in zip(actors, tasks)]
+        if not all(np.array_equal(np.concatenate([p[k] for p in parts]), whole[k]) for k in range(2)):
+            return None
+        return stepper, [slice(0, cut * E), slice(cut * E, T * E)], actors
+
+    def _pipelined_steps(self, draw: _Draws, E: int, obs_now: np.ndarray, stepper, rows: list[slice], actors: list,
+                         record: Callable) -> None:
+        """The steps-unit round's H steps with two halves of the tasks in flight: while the
+        stepper's threads step one half's physics, this thread finishes the other half's step
+        (rewards, observations, resets), records it and calls the policy on it; then it joins
+        the physics (the C loop's threads take slots from one counter, so a late joiner takes
+        what is left). Same random numbers in the same order as the lock-step loop (per step:
+        the noise, then the reset seeds), same stepper calls per slot, so the same batch."""
+        H, k = self.horizon, self.act_dim
+
+        def policy(h: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            r = rows[h]
+            u, a = actors[h](obs_now[r].reshape(-1, E, self.obs_dim), noise[r].reshape(-1, E, k))
+            return u.reshape(-1, k), a.reshape(-1, k)
+
+        noise, seeds = draw.noise(k), draw.seeds()
+        u_a, a_a = policy(0, noise)
+        job_a = stepper.step_begin(rows[0], a_a)
+        u_b, a_b = policy(1, noise)
+        for t in range(H):
+            seeds_t, last = seeds, t == H - 1
+            stepper.step_join(job_a)
+            job_b = stepper.step_begin(rows[1], a_b)
+            record(rows[0], t, u_a, *stepper.step_end(job_a, seeds_t))
+            if not last:  # step t + 1's draws, in the lock-step order, before its policy calls
+                noise, seeds = draw.noise(k), draw.seeds()
+                u_a, a_a = policy(0, noise)
+            stepper.step_join(job_b)
+            if not last:
+                job_a = stepper.step_begin(rows[0], a_a)
+            record(rows[1], t, u_b, *stepper.step_end(job_b, seeds_t))
+            if not last:
+                u_b, a_b = policy(1, noise)
 
 
 #: Sampling units (docs/protocol.md section 4); ``sampler.unit`` in a run config.

@@ -41,10 +41,10 @@ For each environment:
     per thread, but a working set of the MjData of every slot instead of one per thread.
     The optional ``mujoco-batched-pyloop`` line is the backend with its physics loop in Python
     (three binding calls per slot-step) instead of in C (envs/slot_physics.py; same bits).
-    The optional ``mujoco-batched-pipelined/all`` line (:func:`pipelined_collect`, measurement
-    only, ``--unit steps``) drives the backend's stepper with a loop that overlaps one half of
-    the tasks' policy call and numpy with the other half's physics, and checks per repeat that
-    it reproduces the backend's batch of the same seed (``reproduces_backend_batch``).
+    The optional ``mujoco-batched-lockstep`` line is the backend with the sampler's pipelined
+    loop off (rlbench/sampler.py: in the steps unit with 2+ threads the sampler overlaps one half
+    of the tasks' policy call and numpy with the other half's physics; same bits). Until
+    ed364bf this script had its own copy of that loop, as the ``mujoco-batched-pipelined`` line.
 
 Per CPU second: lines that run in this process (the threaded backends, 1-worker lines, the
 replay) also report ``steps_per_cpu_s`` (``*_per_cpu_s`` for the replay): env steps per
@@ -94,7 +94,7 @@ import envs
 from agents.policy import GaussianMLPPolicy
 from envs import slot_physics
 from envs.base import UnknownEnvError
-from envs.locomotion import RandParamsTask, is_healthy, observation, reward
+from envs.locomotion import RandParamsTask, observation
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, MjDataPerSlotStepper
 from rlbench import backends
 from rlbench.sampler import STEPPERS, UNITS, Sampler, _Draws, default_workers
@@ -116,6 +116,17 @@ def _mjdata_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None
 
 
 _mjdata_backend.threaded = True  # type: ignore[attr-defined]
+
+
+def _lockstep_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
+    """The ``mujoco-batched-lockstep`` line: the backend with the sampler's pipelined loop off
+    (every slot's policy call, physics and numpy in turn, as before; same bits)."""
+    stepper = BatchedLocomotionStepper(env_id, horizon, env_kwargs, threads=threads)
+    stepper.split_steps = False
+    return stepper
+
+
+_lockstep_backend.threaded = True  # type: ignore[attr-defined]
 
 
 def _pyloop_backend(env_id: str, horizon: int, env_kwargs: dict[str, Any] | None = None, threads: int = 1):
@@ -326,114 +337,6 @@ class _Timed:
         return out
 
 
-def pipelined_collect(st: BatchedLocomotionStepper, actor, tasks: list[Any], episodes: int, rng: np.random.Generator):
-    """One steps-unit round of the ``mujoco-batched-pipelined`` line (measurement only): the
-    backend's stepper ``st`` (threaded, C physics loop) driven by a loop that splits the tasks
-    into two halves and overlaps one half's policy call and numpy with the other half's physics.
-    Half A's physics starts on a pool thread; meanwhile this thread finishes half B's previous
-    step (reward, observation, resets), records it and runs B's policy call, then joins A's
-    physics (the C loop's threads take slots from one counter, so a late joiner takes what is
-    left). The random numbers are drawn in the sampler's order (per step: the noise, then the
-    reset seeds); the policy is called on each half separately, so the line reproduces the
-    backend's batch only if the policy's rows do not depend on the batch size (checked per
-    repeat: ``reproduces_backend_batch``). Returns (obs [n, H, d], actions, rewards [n, H], steps)."""
-    loop, pool = st._loop, st._pool
-    T, E, H = len(tasks), int(episodes), st.horizon
-    if loop is None or pool is None or T < 2:
-        raise ValueError("the pipelined line needs at least 2 tasks and the threaded stepper with the C physics loop")
-    n, cut = T * E, (T // 2) * E
-    draw = _Draws(rng, T, E)
-    obs_now = st.reset([t for t in tasks for _ in range(E)], draw.seeds())
-    rows = [np.arange(0, cut, dtype=np.int64), np.arange(cut, n, dtype=np.int64)]
-    obs, act, rew = np.zeros((n, H, st.obs_dim)), np.zeros((n, H, st.act_dim)), np.zeros((n, H))
-    x0 = st._qpos.start
-
-    def policy(h: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        r = rows[h]
-        u, a = actor(obs_now[r].reshape(-1, E, st.obs_dim), noise[r].reshape(-1, E, st.act_dim))
-        return u.reshape(-1, st.act_dim), np.clip(a.reshape(-1, st.act_dim), -1.0, 1.0)
-
-    def start(h: int, a: np.ndarray):
-        idx = rows[h]
-        st._state[idx, st._ctrl] = a
-        x_before = st._state[idx, x0].copy()
-        counter = np.zeros(1, dtype=np.int64)
-        args = (loop.models.ctypes.data, loop.states.ctypes.data, loop.states.shape[1], idx.ctypes.data, idx.size,
-                loop.spec, loop.frame_skip, counter.ctypes.data, loop.GRAB)
-        future = pool.submit(lambda: loop.fn(args[0], st._scratch[1]._address, *args[1:]))
-        return args, future, counter, x_before, a
-
-    def join(handle) -> None:
-        args, future = handle[0], handle[1]
-        loop.fn(args[0], st._scratch[0]._address, *args[1:])
-        future.result()
-
-    def record(h: int, t: int, handle, u: np.ndarray, seeds: np.ndarray) -> None:
-        """The stepper's post-physics work for half h (as BatchedLocomotionStepper.step), and the
-        sampler's record of its step t (every slot is live in the steps unit)."""
-        idx, (x_before, a) = rows[h], handle[3:]
-        s = st._state[idx]
-        qpos, qvel = s[:, st._qpos], s[:, st._qvel]
-        r = reward(st.spec, (qpos[:, 0] - x_before) / st.dt, a, st._goal[idx])
-        o = observation(st.spec, qpos, qvel)
-        term = ~is_healthy(st.spec, qpos, qvel) | ~(np.isfinite(o).all(axis=1) & np.isfinite(r))
-        if term.any():
-            ended = idx[term]
-            st._reset_slots(ended, seeds[ended])
-            o[term] = st._observe(ended)
-        obs[idx, t], act[idx, t], rew[idx, t] = obs_now[idx], u, r
-        obs_now[idx] = o
-
-    noise, seeds = draw.noise(st.act_dim), draw.seeds()
-    u_a, a_a = policy(0, noise)
-    handle_a = start(0, a_a)
-    u_b, a_b = policy(1, noise)
-    for t in range(H):
-        seeds_t, last = seeds, t == H - 1
-        join(handle_a)
-        handle_b = start(1, a_b)
-        record(0, t, handle_a, u_a, seeds_t)
-        if not last:  # step t + 1's draws, in the sampler's order, before any of its policy calls
-            noise, seeds = draw.noise(st.act_dim), draw.seeds()
-            u_a, a_a = policy(0, noise)
-        join(handle_b)
-        if not last:
-            handle_a = start(0, a_a)
-        record(1, t, handle_b, u_b, seeds_t)
-        if not last:
-            u_b, a_b = policy(1, noise)
-    return obs, act, rew, n * H
-
-
-class _PipelinedTimed(_Timed):
-    """The ``mujoco-batched-pipelined`` line: :func:`pipelined_collect` on the backend's own
-    stepper (``n_workers`` threads), steps unit only; ``same`` records per repeat whether its
-    arrays equal the ``mujoco-batched`` line's batch collected from the same seed."""
-
-    def __init__(self, env_id: str, n_workers: int, n_tasks: int, episodes: int):
-        super().__init__(env_id, "mujoco-batched", n_workers, n_tasks, episodes, unit="steps")
-        self.stepper = self.sampler._workers[0].stepper
-        self.same: list[bool] = []
-        self.arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def measure(self, rep: int) -> None:
-        c0, t0 = time.process_time(), time.perf_counter()
-        *self.arrays, steps = pipelined_collect(self.stepper, self.actor, self.tasks, self.episodes, np.random.default_rng(rep + 1))
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        self.rates.append(steps / wall)
-        self.cpu_rates.append(steps / cpu)
-        self.steps = steps
-
-    def compare(self, batch) -> None:
-        """Whether the last repeat's arrays equal ``batch`` (the backend's, same seed) bit for bit."""
-        obs, act, rew = self.arrays
-        self.same.append(np.array_equal(batch.obs.reshape(obs.shape), obs) and np.array_equal(batch.actions.reshape(act.shape), act)
-                         and np.array_equal(batch.rewards.reshape(rew.shape), rew))
-
-    def result(self) -> dict[str, Any]:
-        return {**super().result(), "reproduces_backend_batch": all(self.same), "reproduces_backend_batch_per_repeat": self.same}
-
-
 def replay_episodes(batch, rng_seed: int, unit: str) -> list[tuple[int, int, int, int]]:
     """(slot, reset seed, first step, length) of every episode the sampler stepped in ``batch``
     (collected with ``np.random.default_rng(rng_seed)``). The episodes unit: one per slot, for
@@ -541,11 +444,10 @@ def _env_id(name: str) -> str:
 CONFIGS = ["gym/1", "gym/all", "mujoco-batched/1", "mujoco-batched/all", "mujoco-batched-processes/all",
            "mujoco-batched-rollout/1", "mujoco-batched-rollout/all",
            "mujoco-batched-mjdata/1", "mujoco-batched-mjdata/all", "mujoco-batched-pyloop/1", "mujoco-batched-pyloop/all",
-           "mujoco-batched-pipelined/all"]
+           "mujoco-batched-lockstep/all"]
 DEFAULT_CONFIGS = CONFIGS[:5]
 LOCOMOTION_ONLY = ("mujoco-batched", "mujoco-batched-processes", "mujoco-batched-rollout", "mujoco-batched-mjdata",
-                   "mujoco-batched-pyloop", "mujoco-batched-pipelined")
-PIPELINED = "mujoco-batched-pipelined"  # not a backend: a loop over the backend's stepper (_PipelinedTimed)
+                   "mujoco-batched-pyloop", "mujoco-batched-lockstep")
 
 
 def _configs(names: list[str], workers: int, locomotion: bool) -> list[tuple[str, int]]:
@@ -605,8 +507,7 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
     locomotion = not metaworld and STEPPERS["mujoco-batched"].supports(env_id)
     configs = _configs(args.configs, workers, locomotion)
     print(f"[{env_id}] starting {len(configs)} samplers", file=sys.stderr, flush=True)
-    timed = {f"{backend}/{nw}": _PipelinedTimed(env_id, nw, n_tasks, episodes) if backend == PIPELINED
-             else _Timed(env_id, backend, nw, n_tasks, episodes, args.unit) for backend, nw in configs}
+    timed = {f"{backend}/{nw}": _Timed(env_id, backend, nw, n_tasks, episodes, args.unit) for backend, nw in configs}
     # The replay follows the episodes of an exact batched line (all its thread counts give the same batch).
     replay_key = next((k for k in ("mujoco-batched/1", f"mujoco-batched/{workers}") if k in timed), None)
     a_runs: dict[str, list[float]] = {}
@@ -622,9 +523,6 @@ def bench_env(env_id: str, args, workers: int, rng: np.random.Generator) -> dict
                 t.measure(rep)
             if replay_key is not None:  # the physics of the episodes just collected
                 batch, seed = timed[replay_key].last
-                for t in timed.values():
-                    if isinstance(t, _PipelinedTimed):
-                        t.compare(batch)
                 for k, v in replay_limits(env_id, timed[replay_key], seed, batch).items():
                     a_runs.setdefault(k, []).append(v)
     finally:
@@ -778,15 +676,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"error: --envs: {e}", file=sys.stderr)
             sys.exit(2)
     workers = args.workers or default_workers()
-    if any(c.startswith(PIPELINED) for c in args.configs) and (
-            args.unit != "steps" or workers < 2 or not any(c.startswith("mujoco-batched/") for c in args.configs)):
-        print(f"error: --configs {PIPELINED}/all needs --unit steps, at least 2 workers and a mujoco-batched line "
-              "(its batch is compared with the backend's)", file=sys.stderr)
-        sys.exit(2)
     STEPPERS["mujoco-batched-processes"] = _processes_backend  # fork: workers inherit it
     STEPPERS["mujoco-batched-rollout"] = _rollout_backend  # measurement only: not bit-identical
     STEPPERS["mujoco-batched-mjdata"] = _mjdata_backend  # measurement only: one MjData per slot
     STEPPERS["mujoco-batched-pyloop"] = _pyloop_backend  # measurement only: the physics loop in Python
+    STEPPERS["mujoco-batched-lockstep"] = _lockstep_backend  # measurement only: the sampler's pipelined loop off
     rng = np.random.default_rng(0)
     wall0, cpu0 = time.perf_counter(), os.times()
     load0 = os.getloadavg()

@@ -195,40 +195,24 @@ def test_replay_passes_through_the_batch_in_both_units(unit):
         timed.sampler.close()
 
 
-@pytest.mark.skipif(slot_physics.c_loop() is None, reason="the pipelined line needs the C physics loop")
-@pytest.mark.parametrize(("name", "tasks"), [("HopperRandParams", 4), ("Walker2DRandVel", 5)])
-def test_pipelined_line_reproduces_the_backend_batch(name, tasks):
-    """bench_sampler's measurement-only ``mujoco-batched-pipelined`` loop (two task halves, one
-    half's policy and numpy overlapped with the other's physics) makes the backend's batch of
-    the same seed bit for bit, with early terminations and in-round resets (an odd task count
-    splits unevenly), and ``compare`` notices a batch from another seed."""
-    env_id = f"rlbench/{name}-v0"
-    piped = bench._PipelinedTimed(env_id, 2, tasks, 3)
-    ref = bench._Timed(env_id, "mujoco-batched", 2, tasks, 3, unit="steps")
-    try:
-        for rep in (0, 1):
-            piped.measure(rep)
-            ref.measure(rep)
-            batch, _ = ref.last
-            assert int(batch.ep_end[..., :-1].sum()) > 0  # slots terminated and were reset inside the round
-            piped.compare(batch)
-        assert piped.same == [True, True]
-        ref.measure(5)
-        piped.compare(ref.last[0])
-        assert piped.same[-1] is False
-        assert piped.result()["reproduces_backend_batch"] is False
-    finally:
-        piped.sampler.close()
-        ref.sampler.close()
-
-
-def test_pipelined_line_refuses_the_episodes_unit(capsys):
-    """The pipelined line exists in the steps unit only, beside a mujoco-batched line: anything
-    else is a one-line error with exit status 2 before any measurement."""
-    for extra in (["--unit", "episodes", "--configs", "mujoco-batched/all", "mujoco-batched-pipelined/all"],
-                  ["--unit", "steps", "--configs", "mujoco-batched-pipelined/all"]):
-        with pytest.raises(SystemExit) as e:
-            bench.main(["--envs", "HalfCheetahRandVel", "--repeats", "1", *extra])
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "mujoco-batched-pipelined/all needs --unit steps" in err[0]
+@pytest.mark.skipif(slot_physics.c_loop() is None, reason="the sampler pipelines with the C physics loop only")
+def test_lockstep_line_is_registered_and_equals_the_pipelined_backend(monkeypatch):
+    """bench_sampler.py's ``mujoco-batched-lockstep`` line is the backend with the sampler's
+    pipelined loop off; in the steps unit with 2 threads the backend pipelines, the line does
+    not, and their batches are the same bits (terminations and in-round resets included)."""
+    monkeypatch.setitem(STEPPERS, "mujoco-batched-lockstep", bench._lockstep_backend)
+    assert "mujoco-batched-lockstep/all" in bench.CONFIGS
+    env_id = "rlbench/HopperRandParams-v0"
+    tasks = envs.get_task_distribution(env_id).sample(4, np.random.default_rng(0))
+    batches, pipelined = [], []
+    for name in ("mujoco-batched", "mujoco-batched-lockstep"):
+        with Sampler(env_id, horizon=60, n_workers=2, backend=name) as s:
+            policy = GaussianMLPPolicy(s.obs_dim, s.act_dim, (16, 16), init_std=1.0, action_scale=10.0)
+            actor = policy.actor(policy.init_params(torch.Generator().manual_seed(0)))
+            pipelined.append(s._pipeline(actor, 4, 3, np.zeros((12, s.obs_dim))) is not None)
+            batches.append(s.collect(tasks, 3, actor, np.random.default_rng(5), unit="steps"))
+    assert pipelined == [True, False]
+    ref, got = batches
+    assert int(ref.ep_end[..., :-1].sum()) > 0  # episodes ended and slots were reset inside the round
+    for f in ("obs", "actions", "rewards", "valid", "ep_time", "ep_end", "ep_term", "lengths", "terminated", "last_obs"):
+        np.testing.assert_array_equal(getattr(ref, f), getattr(got, f), err_msg=f)

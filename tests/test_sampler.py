@@ -300,3 +300,60 @@ def test_killed_worker_gives_sampler_error_not_a_hang(alarm, when):
     assert_all_gone(procs)
     with pytest.raises(SamplerError, match="closed"):
         s.collect(tasks, 2, inner, np.random.default_rng(1))
+
+
+def _split_equals_lockstep(env_id: str, T: int, E: int, stacked: bool, keep_tails: bool, actor_wrap=None) -> bool:
+    """Collect one steps-unit round with 2 threads twice, through the pipelined loop (when the
+    sampler takes it) and through the lock-step loop (an actor without ``tasks``); assert every
+    field equal bit for bit; return whether the first one pipelined."""
+    tasks = envs.get_task_distribution(env_id).sample(T, np.random.default_rng(0))
+    with Sampler(env_id, horizon=50, n_workers=2, backend="mujoco-batched") as s:
+        policy = policy_for(s, hidden=(16, 16))
+        params = stack_params([params_for(policy, i) for i in range(T)]) if stacked else params_for(policy)
+        actor = policy.actor(params) if actor_wrap is None else actor_wrap(policy.actor(params))
+        pipelined = s._pipeline(actor, T, E, np.zeros((T * E, s.obs_dim))) is not None
+        a = s.collect(tasks, E, actor, np.random.default_rng(3), unit="steps", keep_tails=keep_tails)
+        b = s.collect(tasks, E, lambda o, n: actor(o, n), np.random.default_rng(3), unit="steps", keep_tails=keep_tails)
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert a.env_steps == b.env_steps == T * E * 50 and a.unstable == b.unstable
+    return pipelined
+
+
+@pytest.mark.parametrize(("env_id", "T", "stacked", "keep_tails"),
+                         [(HOPPER, 5, False, False), (HOPPER, 4, True, True), ("rlbench/Walker2DRandVel-v0", 3, True, False),
+                          (CHEETAH, 2, False, True)])
+def test_pipelined_steps_unit_equals_the_lockstep_loop(env_id, T, stacked, keep_tails):
+    """With 2 threads in the steps unit the batched backend's rounds run pipelined (two task
+    halves, one half's policy call and numpy while the other half's physics runs): the batch
+    equals the lock-step loop's in every field, with shared or per-task parameters, odd task
+    counts, in-round terminations and resets, and kept tails."""
+    from envs import slot_physics
+
+    pipelined = _split_equals_lockstep(env_id, T, 3, stacked, keep_tails)
+    assert pipelined == (slot_physics.c_loop() is not None)
+
+
+def test_pipeline_refused_when_the_halves_actions_differ_from_the_whole_batch():
+    """The sampler pipelines only if the two halves' actions equal the whole batch's bit for bit
+    (matrix libraries may pick other kernels for other row counts): an actor whose halves round
+    differently is stepped lock-step, and its batch is the lock-step batch."""
+
+    class Halves:
+        """The policy's actor; its per-half actors add ``half_bump`` to the stored actions."""
+
+        def __init__(self, actor, half_bump: float, bump: float = 0.0):
+            self.actor, self.half_bump, self.bump = actor, half_bump, bump
+
+        def __call__(self, obs, noise):
+            u, a = self.actor(obs, noise)
+            return u + self.bump, a
+
+        def tasks(self, rows):
+            return Halves(self.actor.tasks(rows), self.half_bump, bump=self.half_bump)
+
+    from envs import slot_physics
+
+    assert _split_equals_lockstep(HOPPER, 4, 3, False, False, actor_wrap=lambda a: Halves(a, 1e-7)) is False
+    # the control: halves that agree with the whole batch are pipelined
+    assert _split_equals_lockstep(HOPPER, 4, 3, False, False, actor_wrap=lambda a: Halves(a, 0.0)) == (slot_physics.c_loop() is not None)
