@@ -10,7 +10,8 @@ every time step the policy is evaluated ONCE on the observations of every live s
 parameter set per task when MAML samples after adaptation), and the environments are stepped
 by worker processes, each owning a contiguous block of slots. Steps are counted per single
 environment. Pipelining: in the steps unit, a backend whose stepper can split its steps (the
-batched MuJoCo backend with its C physics loop on 2+ threads) runs the round as two halves of
+batched MuJoCo backend with its C physics loop on 2+ threads) runs a round of at least
+:data:`PIPELINE_MIN_SLOTS` slots as two halves of
 the tasks in flight, the policy call and numpy of one half overlapping the other half's
 physics; the policy is then evaluated once per half and step, which :meth:`Sampler._pipeline`
 allows only when the halves' actions equal the whole batch's bit for bit, so the batch is the
@@ -43,6 +44,12 @@ import numpy as np
 import envs
 from envs.slots import SlotStepper
 from rlbench.batch import Batch
+
+#: Fewest slots per round for the pipelined loop (:meth:`Sampler._pipeline`). Measured on
+#: HalfCheetahRandVel with 2 threads against the lock-step loop (results/bench/README.md, "The
+#: pipelined sampler"): 200 slots 4% slower, 400 slots 1-2% faster, 800 slots ~4% faster; two
+#: policy calls per step and the thread hand-offs cost more than they hide in small rounds.
+PIPELINE_MIN_SLOTS = 400
 
 #: ``actor(obs [T, E, obs_dim], noise [T, E, act_dim]) -> (stored actions, env actions)``.
 Actor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -427,11 +434,12 @@ class Sampler:
         """(stepper, slot rows of the two task halves, their actors) when this round can run
         pipelined (:meth:`_pipelined_steps`), else None. It can when the backend's one
         in-process stepper splits its steps (the batched MuJoCo backend with the C loop on 2+
-        threads), there are 2+ tasks, the actor can be restricted to tasks (PolicyActor.tasks),
-        and the two halves' actions equal the whole batch's bit for bit on this round's first
-        observations (matrix libraries may pick different kernels for different row counts)."""
+        threads), the round has 2+ tasks and at least :data:`PIPELINE_MIN_SLOTS` slots, the
+        actor can be restricted to tasks (PolicyActor.tasks), and the two halves' actions equal
+        the whole batch's bit for bit on this round's first observations (matrix libraries may
+        pick different kernels for different row counts)."""
         stepper = getattr(self._workers[0], "stepper", None) if self.threaded else None
-        if T < 2 or not getattr(stepper, "can_split_steps", False) or not hasattr(actor, "tasks"):
+        if T < 2 or T * E < PIPELINE_MIN_SLOTS or not getattr(stepper, "can_split_steps", False) or not hasattr(actor, "tasks"):
             return None
         cut = T // 2
         tasks = [slice(0, cut), slice(cut, T)]

@@ -20,6 +20,7 @@ import torch
 
 import envs
 import envs.locomotion_batched as lb
+import rlbench.sampler as sampler_module
 from agents.policy import GaussianMLPPolicy
 from envs import slot_physics
 from envs.locomotion_batched import BatchedLocomotionStepper
@@ -201,6 +202,7 @@ def test_lockstep_line_is_registered_and_equals_the_pipelined_backend(monkeypatc
     pipelined loop off; in the steps unit with 2 threads the backend pipelines, the line does
     not, and their batches are the same bits (terminations and in-round resets included)."""
     monkeypatch.setitem(STEPPERS, "mujoco-batched-lockstep", bench._lockstep_backend)
+    monkeypatch.setattr(sampler_module, "PIPELINE_MIN_SLOTS", 0)  # a small round
     assert "mujoco-batched-lockstep/all" in bench.CONFIGS
     env_id = "rlbench/HopperRandParams-v0"
     tasks = envs.get_task_distribution(env_id).sample(4, np.random.default_rng(0))

@@ -302,6 +302,14 @@ def test_killed_worker_gives_sampler_error_not_a_hang(alarm, when):
         s.collect(tasks, 2, inner, np.random.default_rng(1))
 
 
+@pytest.fixture
+def pipeline_any_size(monkeypatch):
+    """Pipeline rounds of any size (the tests' rounds are smaller than PIPELINE_MIN_SLOTS)."""
+    import rlbench.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "PIPELINE_MIN_SLOTS", 0)
+
+
 def _split_equals_lockstep(env_id: str, T: int, E: int, stacked: bool, keep_tails: bool, actor_wrap=None) -> bool:
     """Collect one steps-unit round with 2 threads twice, through the pipelined loop (when the
     sampler takes it) and through the lock-step loop (an actor without ``tasks``); assert every
@@ -323,7 +331,7 @@ def _split_equals_lockstep(env_id: str, T: int, E: int, stacked: bool, keep_tail
 @pytest.mark.parametrize(("env_id", "T", "stacked", "keep_tails"),
                          [(HOPPER, 5, False, False), (HOPPER, 4, True, True), ("rlbench/Walker2DRandVel-v0", 3, True, False),
                           (CHEETAH, 2, False, True)])
-def test_pipelined_steps_unit_equals_the_lockstep_loop(env_id, T, stacked, keep_tails):
+def test_pipelined_steps_unit_equals_the_lockstep_loop(pipeline_any_size, env_id, T, stacked, keep_tails):
     """With 2 threads in the steps unit the batched backend's rounds run pipelined (two task
     halves, one half's policy call and numpy while the other half's physics runs): the batch
     equals the lock-step loop's in every field, with shared or per-task parameters, odd task
@@ -334,7 +342,7 @@ def test_pipelined_steps_unit_equals_the_lockstep_loop(env_id, T, stacked, keep_
     assert pipelined == (slot_physics.c_loop() is not None)
 
 
-def test_pipeline_refused_when_the_halves_actions_differ_from_the_whole_batch():
+def test_pipeline_refused_when_the_halves_actions_differ_from_the_whole_batch(pipeline_any_size):
     """The sampler pipelines only if the two halves' actions equal the whole batch's bit for bit
     (matrix libraries may pick other kernels for other row counts): an actor whose halves round
     differently is stepped lock-step, and its batch is the lock-step batch."""
@@ -357,3 +365,20 @@ def test_pipeline_refused_when_the_halves_actions_differ_from_the_whole_batch():
     assert _split_equals_lockstep(HOPPER, 4, 3, False, False, actor_wrap=lambda a: Halves(a, 1e-7)) is False
     # the control: halves that agree with the whole batch are pipelined
     assert _split_equals_lockstep(HOPPER, 4, 3, False, False, actor_wrap=lambda a: Halves(a, 0.0)) == (slot_physics.c_loop() is not None)
+
+
+def test_pipeline_only_from_the_minimum_round_size():
+    """Rounds below PIPELINE_MIN_SLOTS slots (where the measured pipelined loop was slower) step
+    lock-step; from that size on, and with 2 threads and the C loop, they pipeline."""
+    from envs import slot_physics
+    from rlbench.sampler import PIPELINE_MIN_SLOTS
+
+    with Sampler(CHEETAH, horizon=20, n_workers=2, backend="mujoco-batched") as s:
+        actor = policy_for(s).actor(params_for(policy_for(s)))
+        E = 10
+        small, enough = PIPELINE_MIN_SLOTS // E - 1, PIPELINE_MIN_SLOTS // E
+        assert s._pipeline(actor, small, E, np.zeros((small * E, s.obs_dim))) is None
+        got = s._pipeline(actor, enough, E, np.zeros((enough * E, s.obs_dim)))
+        assert (got is not None) == (slot_physics.c_loop() is not None)
+    with Sampler(CHEETAH, horizon=20, n_workers=1, backend="mujoco-batched") as s:  # one thread: nothing to overlap
+        assert s._pipeline(actor, enough, E, np.zeros((enough * E, s.obs_dim))) is None
