@@ -415,7 +415,6 @@ class Sampler:
             last_obs=shape(last_obs), env_steps=steps, unstable=unstable,
         )
 
-
     def _lockstep(self, draw: _Draws, actor: Actor, blocks: list[slice], obs_now: np.ndarray, active: np.ndarray,
                   steps_unit: bool) -> tuple[np.ndarray, ...]:
         """One step of every slot together: the step's noise, the policy on all slots
@@ -467,24 +466,38 @@ class Sampler:
             u, a = actors[h](obs_now[r].reshape(-1, E, self.obs_dim), noise[r].reshape(-1, E, k))
             return u.reshape(-1, k), a.reshape(-1, k)
 
-        noise, seeds = draw.noise(k), draw.seeds()
-        u_a, a_a = policy(0, noise)
-        job_a = stepper.step_begin(rows[0], a_a)
-        u_b, a_b = policy(1, noise)
-        for t in range(H):
-            seeds_t, last = seeds, t == H - 1
-            stepper.step_join(job_a)
-            job_b = stepper.step_begin(rows[1], a_b)
-            record(rows[0], t, u_a, *stepper.step_end(job_a, seeds_t))
-            if not last:  # step t + 1's draws, in the lock-step order, before its policy calls
-                noise, seeds = draw.noise(k), draw.seeds()
-                u_a, a_a = policy(0, noise)
-            stepper.step_join(job_b)
-            if not last:
-                job_a = stepper.step_begin(rows[0], a_a)
-            record(rows[1], t, u_b, *stepper.step_end(job_b, seeds_t))
-            if not last:
-                u_b, a_b = policy(1, noise)
+        in_flight: list = []  # physics started and not yet joined
+
+        def begin(h: int, a: np.ndarray):
+            in_flight.append(stepper.step_begin(rows[h], a))
+            return in_flight[-1]
+
+        def join(job) -> None:
+            in_flight.remove(job)
+            stepper.step_join(job)
+
+        try:
+            noise, seeds = draw.noise(k), draw.seeds()
+            u_a, a_a = policy(0, noise)
+            job_a = begin(0, a_a)
+            u_b, a_b = policy(1, noise)
+            for t in range(H):
+                seeds_t, last = seeds, t == H - 1
+                join(job_a)
+                job_b = begin(1, a_b)
+                record(rows[0], t, u_a, *stepper.step_end(job_a, seeds_t))
+                if not last:  # step t + 1's draws, in the lock-step order, before its policy calls
+                    noise, seeds = draw.noise(k), draw.seeds()
+                    u_a, a_a = policy(0, noise)
+                join(job_b)
+                if not last:
+                    job_a = begin(0, a_a)
+                record(rows[1], t, u_b, *stepper.step_end(job_b, seeds_t))
+                if not last:
+                    u_b, a_b = policy(1, noise)
+        finally:  # an error (or interrupt) mid-round: no physics thread may outlive the round
+            for job in list(in_flight):
+                join(job)
 
 
 #: Sampling units (docs/protocol.md section 4); ``sampler.unit`` in a run config.

@@ -382,3 +382,32 @@ def test_pipeline_only_from_the_minimum_round_size():
         assert (got is not None) == (slot_physics.c_loop() is not None)
     with Sampler(CHEETAH, horizon=20, n_workers=1, backend="mujoco-batched") as s:  # one thread: nothing to overlap
         assert s._pipeline(actor, enough, E, np.zeros((enough * E, s.obs_dim))) is None
+
+
+def test_error_mid_pipelined_round_leaves_no_physics_running(pipeline_any_size):
+    """A policy error in the middle of a pipelined round (the other half's physics in flight)
+    propagates after that physics is joined, and the same sampler's next round equals a lock-step
+    round bit for bit."""
+
+    class FailsLater:
+        def __init__(self, actor, calls: list[int]):
+            self.actor, self.calls = actor, calls
+
+        def __call__(self, obs, noise):
+            self.calls[0] += 1
+            if self.calls[0] == 7:  # half A's policy for step 3, with half B's step-2 physics in flight
+                raise RuntimeError("policy failed")
+            return self.actor(obs, noise)
+
+        def tasks(self, rows):
+            return FailsLater(self.actor.tasks(rows), self.calls)
+
+    tasks = envs.get_task_distribution(HOPPER).sample(4, np.random.default_rng(0))
+    with Sampler(HOPPER, horizon=30, n_workers=2, backend="mujoco-batched") as s:
+        actor = policy_for(s).actor(params_for(policy_for(s)))
+        with pytest.raises(RuntimeError, match="policy failed"):
+            s.collect(tasks, 3, FailsLater(actor, [-3]), np.random.default_rng(1), unit="steps")  # -3: the check's 3 calls
+        again = s.collect(tasks, 3, actor, np.random.default_rng(2), unit="steps")
+        ref = s.collect(tasks, 3, lambda o, n: actor(o, n), np.random.default_rng(2), unit="steps")
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(again, f), getattr(ref, f), err_msg=f)
