@@ -237,8 +237,9 @@ class BatchedLocomotionStepper:
 
     def step_begin(self, rows: slice, actions: np.ndarray) -> tuple:
         """Start one environment step of the (all active) slots ``rows`` with ``actions``
-        [rows, act_dim] on the pool's threads and return at once. Until :meth:`step_end`, the
-        caller may step nothing else, but may use this stepper's other slots' results."""
+        [rows, act_dim] on the pool's threads and return at once. Until :meth:`step_join`, the
+        caller must not touch these slots or begin another step, but may finish (:meth:`step_end`,
+        resets included) and read the other slots' previous step."""
         idx = np.arange(rows.start, rows.stop)
         a = np.clip(np.asarray(actions, dtype=np.float64), -1.0, 1.0)
         x_before = self._torso_x(rows)

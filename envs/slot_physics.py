@@ -175,8 +175,9 @@ class SlotLoop:
     def start(self, idx: np.ndarray, datas: list[mujoco.MjData], pool: ThreadPoolExecutor | None = None) -> tuple:
         """Start stepping slots ``idx`` on ``len(datas) - 1`` threads of ``pool`` and return at
         once; :meth:`join` makes the calling thread take the slots still left (with
-        ``datas[0]``) and waits for the others. The caller may work meanwhile, but must not touch
-        these slots' state rows or ``datas[0]`` until :meth:`join` returns."""
+        ``datas[0]``, which only the join uses) and waits for the others. Until :meth:`join`
+        returns, the caller may work (including with ``datas[0]``, e.g. resetting other slots)
+        but must not touch these slots' state rows."""
         idx = np.ascontiguousarray(idx, dtype=np.int64)
         counter = np.zeros(1, dtype=np.int64)  # kept alive with idx in the handle
         args = (self.models.ctypes.data, self.states.ctypes.data, self.states.shape[1], idx.ctypes.data, idx.size,
