@@ -156,7 +156,15 @@ class MAMLBase(LearnerBase):
     ``analytic``. TRPO's first line-search candidate lies on the KL boundary up to the KL's
     cubic term (a relative margin of ~1e-5 was measured at the paper's batch shape), and the
     conjugate gradient amplifies float32 rounding of the problem to about that size, so a
-    problem that differed in rounding flipped that candidate's accept decision."""
+    problem that differed in rounding flipped that candidate's accept decision.
+
+    ``fast_forward``: whether the ``fused`` implementation with the exact second-order
+    estimator takes its forward passes by :class:`closed_form.MLPAt`'s ``fast`` path (tanh as
+    2 sigmoid(2x) - 1, the output layer's product in the faster operand order: equal to the
+    policy's forward to float rounding, 9% of ProMP's update at the paper's batch shape) and
+    shares each between ``logp_old``, the inner step at the same parameters and the update's
+    first Adam step. ProMP's Adam steps are smooth in rounding; TRPO-MAML keeps the policy's
+    exact operations for the reason above (its update is bit-identical to ``analytic``'s)."""
 
     def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params)
@@ -165,25 +173,50 @@ class MAMLBase(LearnerBase):
         self.impl = impl
         #: fused ProMP: (theta, the first inner loss's points at theta per task group) from the
         #: sampling rounds, for the first Adam step (see ProMP._fused_iteration)
-        self.sampling_points: tuple[Params, list[closed_form.LossAt]] | None = None
+        #: and with self.fast, the post-adaptation round's forward passes at the adapted parameters
+        self.sampling_points: tuple[Params, list[closed_form.LossAt], list[closed_form.MLPAt] | None] | None = None
         self.inner_lr = cfg.algo_cfg.effective_inner_lr
         self.estimator = cfg.algo_cfg.meta_gradient
         self.delta = cfg.algo_cfg.hf_delta
 
+    @property
+    def fast(self) -> bool:
+        """Whether this learner's forward passes take :class:`closed_form.MLPAt`'s ``fast`` path
+        and are shared between the sampling rounds and the update (see ``fast_forward``)."""
+        return self.impl == "fused" and self.fast_forward and self.estimator == "second-order"
+
     def _process(self, batch, params: Params) -> TensorBatch:
+        """The batch as tensors with advantages and ``logp_old`` at ``params``."""
+        return self._process_nets(batch, params)[0]
+
+    def _process_nets(self, batch, params: Params) -> tuple[TensorBatch, list[closed_form.MLPAt] | None]:
+        """:meth:`_process`, and with :attr:`fast` each task group's forward pass
+        (closed_form.MLPAt, fast) that gave ``logp_old``, for the inner step or the update at
+        the same parameters to reuse."""
         if self.impl == "reference":
-            return process(self.policy, params, batch, self.cfg.advantage, self.dtype)
+            return process(self.policy, params, batch, self.cfg.advantage, self.dtype), None
         # agents.core.process with the log-probabilities taken by task groups
         tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage), blas=self.impl == "fused"), self.dtype)
         p = {k: v.detach() for k, v in params.items()}
         stacked = p["W0"].dim() == 3
+        chunks = self.chunks(tb)
+        if self.fast:
+            def forward(c: slice) -> closed_form.MLPAt:
+                rows = _rows(p, c) if stacked else expand_params(p, c.stop - c.start)
+                return closed_form.MLPAt(self.policy, rows, tb.obs[c], fast=True)
+
+            nets = map_groups(forward, chunks)
+            with torch.no_grad():
+                tb.logp_old = torch.cat([self.policy.log_prob_of_mean({"log_std": net.log_std}, net.mu, tb.actions[c])
+                                         for c, net in zip(chunks, nets)])
+            return tb, nets
 
         def logp(c: slice) -> torch.Tensor:
             with torch.no_grad():
                 return self.policy.log_prob(_rows(p, c) if stacked else p, tb.obs[c], tb.actions[c])
 
-        tb.logp_old = torch.cat(map_groups(logp, self.chunks(tb)))
-        return tb
+        tb.logp_old = torch.cat(map_groups(logp, chunks))
+        return tb, None
 
     def sample_rounds(self, collect: Collect, tasks: list[Any]) -> tuple[list[TensorBatch], TensorBatch, dict[str, float]]:
         """Pre-adaptation and K-1 intermediate rounds (the inner batches), then the
@@ -191,7 +224,8 @@ class MAMLBase(LearnerBase):
         K = self.cfg.algo_cfg.inner_steps
         theta = as_stacked(self.params, len(tasks))
         pre = collect(tasks, self.params)
-        inner = [self._process(pre, self.params)]
+        tb, nets = self._process_nets(pre, self.params)
+        inner = [tb]
         stats = {f"pre/{k.split('/', 1)[1]}": v for k, v in pre.stats().items()}
         phi = theta
         self.last_chain = [theta]
@@ -201,10 +235,12 @@ class MAMLBase(LearnerBase):
             elif self.impl == "fused" and self.closed_form_sampling_steps:  # closed-form inner gradients (agents/closed_form.py)
                 # the first step's points (at theta) keep their backward pass for the update's first product
                 keep = k == 0 and self.estimator == "second-order"
-                points = map_groups(lambda c, phi=phi, keep=keep: self.inner_point(_rows(phi, c), inner[-1].tasks(c), second_order=keep),
-                                    self.chunks(inner[-1]))
+                chunks = self.chunks(inner[-1])
+                points = map_groups(lambda i, phi=phi, keep=keep, nets=nets: self.inner_point(
+                    _rows(phi, chunks[i]), inner[-1].tasks(chunks[i]), second_order=keep, net=nets[i] if nets else None),
+                                    list(range(len(chunks))))
                 if keep:
-                    self.sampling_points = ({n: v.detach().clone() for n, v in self.params.items()}, points)
+                    self.sampling_points = ({n: v.detach().clone() for n, v in self.params.items()}, points, None)
                 g = {n: torch.cat([p.grad[n] for p in points]) for n in phi}
             else:
                 parts = map_groups(lambda c, phi=phi: metagrad.grad(inner_loss_fn(self.inner_loss, self.policy, inner[-1].tasks(c)), _rows(phi, c)),
@@ -213,9 +249,12 @@ class MAMLBase(LearnerBase):
             phi = {n: phi[n] - self.inner_lr * g[n] for n in phi}
             self.last_chain.append(phi)
             if k < K - 1:
-                inner.append(self._process(collect(tasks, phi), phi))
+                tb, nets = self._process_nets(collect(tasks, phi), phi)
+                inner.append(tb)
         post_batch = collect(tasks, phi)
-        post = self._process(post_batch, phi)
+        post, nets = self._process_nets(post_batch, phi)
+        if nets is not None and self.sampling_points is not None:  # the post-adaptation forward passes at the update's first phi
+            self.sampling_points = (*self.sampling_points[:2], nets)
         stats.update(post_batch.stats())
         stats["train/adaptation_gain"] = stats["rollout/return_mean"] - stats["pre/return_mean"]
         return inner, post, stats
@@ -223,13 +262,15 @@ class MAMLBase(LearnerBase):
     def inner_losses(self, inner: list[TensorBatch]) -> list[metagrad.Loss]:
         return [inner_loss_fn(self.inner_loss, self.policy, tb) for tb in inner]
 
-    def inner_point(self, phi: Params, tb: TensorBatch, second_order: bool = True) -> closed_form.LossAt:
+    def inner_point(self, phi: Params, tb: TensorBatch, second_order: bool = True,
+                    net: closed_form.MLPAt | None = None) -> closed_form.LossAt:
         """The inner loss on ``tb`` at stacked ``phi`` in closed form (its gradient and exact
         Hessian-vector products): the same loss as :meth:`inner_losses`, -task_mean(f(log pi) A)
-        with f the identity (log-likelihood) or the likelihood ratio."""
+        with f the identity (log-likelihood) or the likelihood ratio. ``net``: the forward pass
+        at ``phi`` on ``tb``, if already computed; else computed (fast with :attr:`fast`)."""
         weight = -tb.mask * tb.advantages / tb.mask.sum(-1, keepdim=True).clamp_min(1)
         return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None,
-                                  second_order=second_order)
+                                  net=net, second_order=second_order, fast=self.fast)
 
     def chunks(self, tb: TensorBatch) -> list[slice]:
         """Task groups of the batched implementation. One group for the Hessian-free estimator:
@@ -256,6 +297,7 @@ class ProMP(MAMLBase):
 
     algo = "promp"
     closed_form_sampling_steps = True  # see MAMLBase
+    fast_forward = True  # see MAMLBase
     inner_loss = staticmethod(lr_surrogate)  # -mean(pi / pi_old * A): ProMP's likelihood-ratio inner loss
     inner_loss_of_logp = staticmethod(lr_surrogate_of_logp)
     inner_is_ratio = True
@@ -342,20 +384,24 @@ class ProMP(MAMLBase):
         pre = inner[0]
         old = {k: v.detach().clone() for k, v in self.params.items()}
         chunks = self.chunks(pre)
-        with torch.no_grad():
-            mu_old = [self.policy.mean(old, pre.obs[c]) for c in chunks]
-        # the sampling rounds' inner-loss points at theta = old serve the first Adam step
-        start, first = self.sampling_points or (None, None)
+        # the sampling rounds' inner-loss points at theta = old (and, with self.fast, their forward
+        # passes on the post-adaptation episodes at the adapted phi) serve the first Adam step
+        start, first, first_post = self.sampling_points or (None, None, None)
         self.sampling_points = None
         if start is None or len(first) != len(chunks) or not all(torch.equal(start[k], old[k]) for k in old):
-            first = [None] * len(chunks)
+            first, first_post = [None] * len(chunks), None
+        if first_post is None or len(first_post) != len(chunks):
+            first_post = [None] * len(chunks)
+        with torch.no_grad():  # the old policy's mean on the pre-adaptation episodes (the first points' forward pass with self.fast)
+            mu_old = [f.net.mu if f is not None and self.fast else self.policy.mean(old, pre.obs[c]) for f, c in zip(first, chunks)]
         for _ in range(self.cfg.algo_cfg.num_ppo_steps):
             theta = {k: v.detach() for k, v in self.params.items()}
             total = sum_all(map_groups(
-                lambda i, theta=theta, first=first: self._fused_group(theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner],
-                                                                      post.tasks(chunks[i]), T, first=first[i])[0],
+                lambda i, theta=theta, first=first, first_post=first_post: self._fused_group(
+                    theta, old, mu_old[i], [tb.tasks(chunks[i]) for tb in inner], post.tasks(chunks[i]), T,
+                    first=first[i], first_post=first_post[i])[0],
                 list(range(len(chunks)))))
-            first = [None] * len(chunks)  # only the first step is at theta = old; release them
+            first = first_post = [None] * len(chunks)  # only the first step is at theta = old; release them
             self.optimizer.zero_grad()
             for k, g in total.items():
                 self.params[k].grad = g
@@ -370,11 +416,13 @@ class ProMP(MAMLBase):
         return {**stats, **self._finish(kl / T, -outer / T)}
 
     def _fused_group(self, theta: Params, old: Params, mu_old: torch.Tensor, inner: list[TensorBatch], post: TensorBatch,
-                     T: int, values_only: bool = False, first: closed_form.LossAt | None = None) -> tuple[Params | None, tuple[float, float]]:
+                     T: int, values_only: bool = False, first: closed_form.LossAt | None = None,
+                     first_post: closed_form.MLPAt | None = None) -> tuple[Params | None, tuple[float, float]]:
         """One group's part of the gradient w.r.t. the shared ``theta`` of the outer loss plus
         eta x KL(pi_old || pi_theta) (None with ``values_only``), and the sums over its tasks
         of the KL's task mean and of the clipped surrogate's (to be maximised). ``first``: the
-        first inner loss's point at ``theta``, if already computed."""
+        first inner loss's point at ``theta``, if already computed; ``first_post``: then also the
+        forward pass at the adapted parameters on ``post``, if already computed."""
         n = post.n_tasks
         lr = self.inner_lr
         phi = expand_params(theta, n)
@@ -386,8 +434,8 @@ class ProMP(MAMLBase):
         kw = pre.mask / pre.mask.sum(-1, keepdim=True).clamp_min(1) / T
         with torch.no_grad():
             kl = float(pre.task_mean(self.policy.kl_of_means(old, mu_old, {"log_std": net0.log_std}, net0.mu)).sum())
-            net = None if values_only else closed_form.MLPAt(self.policy, phi, post.obs)
-            mu = self.policy.mean(phi, post.obs) if values_only else net.mu
+            net = first_post if first_post is not None else closed_form.MLPAt(self.policy, phi, post.obs, fast=self.fast)
+            mu = net.mu
             ratio = torch.exp(self.policy.log_prob_of_mean(phi, mu, post.actions) - post.logp_old)
             objective = float(post.task_mean(ppo_clip_objective(ratio, post.advantages, self.cfg.algo_cfg.clip)).sum())
         if values_only:
@@ -478,6 +526,7 @@ class TRPOMAML(MAMLBase):
 
     algo = "trpo-maml"
     closed_form_sampling_steps = False  # see MAMLBase
+    fast_forward = False  # see MAMLBase
     inner_loss = staticmethod(loglik_loss)  # -mean(log pi * A): the log-likelihood inner loss
     inner_loss_of_logp = staticmethod(loglik_loss_of_logp)
     inner_is_ratio = False
