@@ -236,9 +236,8 @@ class MAMLBase(LearnerBase):
                 # the first step's points (at theta) keep their backward pass for the update's first product
                 keep = k == 0 and self.estimator == "second-order"
                 chunks = self.chunks(inner[-1])
-                points = map_groups(lambda i, phi=phi, keep=keep, nets=nets: self.inner_point(
-                    _rows(phi, chunks[i]), inner[-1].tasks(chunks[i]), second_order=keep, net=nets[i] if nets else None),
-                                    list(range(len(chunks))))
+                points = map_groups(lambda cn, phi=phi, keep=keep, tb=inner[-1]: self.inner_point(
+                    _rows(phi, cn[0]), tb.tasks(cn[0]), second_order=keep, net=cn[1]), list(zip(chunks, nets or [None] * len(chunks))))
                 if keep:
                     self.sampling_points = ({n: v.detach().clone() for n, v in self.params.items()}, points, None)
                 g = {n: torch.cat([p.grad[n] for p in points]) for n in phi}
