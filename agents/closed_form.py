@@ -54,15 +54,16 @@ def _wb(u: Params, i: int) -> torch.Tensor:
     return torch.cat([u[f"W{i}"], u[f"b{i}"].unsqueeze(-1)], -1)
 
 
-def weight_cotangent(g: torch.Tensor, h: torch.Tensor, hidden: bool, extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def weight_cotangent(g: torch.Tensor, h: torch.Tensor, transposed: bool, extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``g^T h`` [T, out, in + 1] (a layer's weight-and-bias cotangent from the cotangent ``g``
     [T, N, out] of its output and its input ``h`` [T, N, in + 1] with the column of ones), plus
-    ``extra = (a, b)``'s ``a^T b`` [T, out, in] on the weights. A hidden layer's (``out`` the
-    hidden width) is formed transposed, ``(h^T g)^T``: MKL's kernel for that operand order ran
-    1.1-1.9x faster on the paper's shapes and gave the same bits (scripts/bench_closed_form.py
-    checks both on the machine at hand). The output layer's (``out`` = the action dimension)
-    keeps ``g^T h``, which is the faster order there."""
-    if not hidden:
+    ``extra = (a, b)``'s ``a^T b`` [T, out, in] on the weights. ``transposed`` (the fast path's
+    hidden layers, ``out`` the hidden width): formed as ``(h^T g)^T``, whose MKL kernel ran
+    1.1-1.6x faster on the paper's shapes (scripts/bench_closed_form.py). It gave the same bits
+    there, but not at the toy's shapes (PointGoal: TRPO-MAML's results changed), so the exact
+    path keeps ``g^T h``; so does the output layer (``out`` = the action dimension), where that
+    order is the faster one."""
+    if not transposed:
         dw = torch.bmm(_t(g), h)
         if extra is not None:
             dw[..., :-1].baddbmm_(_t(extra[0]), extra[1])
@@ -97,9 +98,11 @@ class MLPAt:
     """The policy's mean network at fixed stacked parameters on fixed observations [T, N, d]."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, obs: torch.Tensor, fast: bool = False):
-        """``fast``: the forward pass (and :meth:`jvp`'s output layer) by the faster operations
-        of :func:`tanh_` and :func:`out_layer`, equal to the policy's to float rounding; without
-        it, the same operations as GaussianMLPPolicy.mean (bit-identical to them)."""
+        """``fast``: the forward pass, :meth:`jvp`'s output layer and the weight cotangents of
+        :meth:`vjp` and :meth:`LossAt.hvp` by the faster operations of :func:`tanh_`,
+        :func:`out_layer` and :func:`weight_cotangent`, equal to the exact path's to float
+        rounding; without it, the same operations as GaussianMLPPolicy.mean (bit-identical to
+        them) and as before the fast path existed."""
         self.policy = policy
         self.n = policy.n_layers
         self.fast = fast
@@ -155,7 +158,7 @@ class MLPAt:
         bar_h: list[torch.Tensor | None] = [None] * self.n
         g = bar_mu
         for i in range(self.n - 1, -1, -1):
-            self._split(out, i, weight_cotangent(g, self.h[i], i < self.n - 1))
+            self._split(out, i, weight_cotangent(g, self.h[i], self.fast and i < self.n - 1))
             if i > 0:
                 bh = torch.bmm(g, self.W[i])
                 if keep:
@@ -221,7 +224,7 @@ class LossAt:
             out: Params = {"log_std": bar_s.sum(1) if extra is None else bar_s.sum(1) + extra[1]}
             g = bar
             for i in range(net.n - 1, -1, -1):
-                net._split(out, i, weight_cotangent(g, net.h[i], i < net.n - 1, (self.delta[i + 1], dh[i]) if i > 0 else None))
+                net._split(out, i, weight_cotangent(g, net.h[i], net.fast and i < net.n - 1, (self.delta[i + 1], dh[i]) if i > 0 else None))
                 if i > 0:
                     bh = torch.bmm(g, net.W[i]).baddbmm_(self.delta[i + 1], u[f"W{i}"])
                     g = bh.mul_(net.d[i]).addcmul_(self.e[i], dh[i])

@@ -8,6 +8,10 @@ the outer update). The sampler is idle during the replay, so with ``--threads 1`
 is the learner's own work, comparable between implementations on a machine shared with other
 jobs (the wall time is not). Each implementation is replayed ``--repeats`` times, in turn.
 
+``--impls`` also takes ``fused-exact``: ``fused`` with the policy's exact forward operations
+(``fast_forward`` off, agents/maml.py MAMLBase), the fused learner as it was before the fast
+path, to time the two side by side (TRPO-MAML has no fast path: the two are the same there).
+
 The process CPU time of the recorded sampling rounds is reported too (``sampling_cpu_s``: the
 threaded batched backend steps in this process, so it counts its threads), and with it each
 implementation's estimated update share of an iteration, update / (update + sampling), both
@@ -96,13 +100,19 @@ def bad_batch_arguments(a: argparse.Namespace) -> bool:
     return False
 
 
+#: ``--impls`` suffix: the implementation with ``fast_forward`` off
+EXACT = "-exact"
+
+
 def bench(env_id: str, algo: str, impls: list[str], fraction: float, threads: int, repeats: int) -> list[dict]:
-    fresh, tasks, log, sampling_cpu, backend = record(env_id, algo, fraction, threads, impls[0])
+    fresh, tasks, log, sampling_cpu, backend = record(env_id, algo, fraction, threads, impls[0].removesuffix(EXACT))
     tasks_n = len(tasks)
     rows = []
     for rep in range(repeats):
         for impl in impls:
-            agent = fresh(impl)
+            agent = fresh(impl.removesuffix(EXACT))
+            if impl.endswith(EXACT):
+                agent.fast_forward = False
             replay = iter(log)
             load = os.getloadavg()[0]
             c0, w0 = time.process_time(), time.perf_counter()
@@ -120,7 +130,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     maml_algos = [k for k in registry.keys() if "impl" in inspect.signature(AGENTS[k]).parameters]  # the MAML learners
     p.add_argument("--algos", nargs="+", default=maml_algos, choices=maml_algos)
-    p.add_argument("--impls", nargs="+", default=list(maml.IMPLS[:2]), choices=list(maml.IMPLS))
+    p.add_argument("--impls", nargs="+", default=list(maml.IMPLS[:2]), choices=[*maml.IMPLS, maml.IMPLS[0] + EXACT])
     add_batch_arguments(p, threads=1, repeats=1)
     a = p.parse_args()
     if bad_batch_arguments(a):
