@@ -76,6 +76,16 @@ class Batch:
             truncated=one(self.truncated), last_obs=one(self.last_obs), env_steps=self.env_steps // self.n_tasks,
         )
 
+    def task_range(self, rows: slice) -> Batch:
+        """The tasks ``rows`` (a contiguous range) as a batch of views (``env_steps`` their share)."""
+        n = len(range(*rows.indices(self.n_tasks)))
+        return Batch(
+            tasks=self.tasks[rows], obs=self.obs[rows], actions=self.actions[rows], rewards=self.rewards[rows],
+            valid=self.valid[rows], ep_time=self.ep_time[rows], ep_end=self.ep_end[rows], ep_term=self.ep_term[rows],
+            ep_success=self.ep_success[rows], lengths=self.lengths[rows], terminated=self.terminated[rows],
+            truncated=self.truncated[rows], last_obs=self.last_obs[rows], env_steps=self.env_steps * n // max(1, self.n_tasks),
+        )
+
     @property
     def used_steps(self) -> int:
         """Transitions used for learning (``env_steps`` minus dropped tails)."""

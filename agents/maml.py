@@ -189,6 +189,17 @@ class MAMLBase(LearnerBase):
         """The batch as tensors with advantages and ``logp_old`` at ``params``."""
         return self._process_nets(batch, params)[0]
 
+    def _advantages(self, batch) -> np.ndarray:
+        """compute_advantages; ``fused``: with the baseline's normal equations by BLAS, and in as
+        many contiguous task ranges as the learner has threads, one per thread (every quantity is
+        per task: the same bits as one call, tests/test_maml_fused.py)."""
+        settings = advantage_settings(self.cfg.advantage)
+        if self.impl != "fused":
+            return compute_advantages(batch, settings)
+        size = -(-batch.n_tasks // max(1, torch.get_num_threads()))
+        ranges = [slice(i, min(i + size, batch.n_tasks)) for i in range(0, batch.n_tasks, size)]
+        return np.concatenate(map_groups(lambda rows: compute_advantages(batch.task_range(rows), settings, blas=True), ranges))
+
     def _process_nets(self, batch, params: Params) -> tuple[TensorBatch, list[closed_form.MLPAt] | None]:
         """:meth:`_process`, and with :attr:`fast` each task group's forward pass
         (closed_form.MLPAt, fast) that gave ``logp_old``, for the inner step or the update at
@@ -196,7 +207,7 @@ class MAMLBase(LearnerBase):
         if self.impl == "reference":
             return process(self.policy, params, batch, self.cfg.advantage, self.dtype), None
         # agents.core.process with the log-probabilities taken by task groups
-        tb = to_tensors(batch, compute_advantages(batch, advantage_settings(self.cfg.advantage), blas=self.impl == "fused"), self.dtype)
+        tb = to_tensors(batch, self._advantages(batch), self.dtype)
         p = {k: v.detach() for k, v in params.items()}
         stacked = p["W0"].dim() == 3
         chunks = self.chunks(tb)
