@@ -59,8 +59,9 @@ def close_flat(a: dict, b: dict, rtol: float) -> None:
     assert float((fa - fb).norm()) <= rtol * float(fb.norm())
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("ratio", [False, True])
-def test_loss_gradient_and_hessian_vector_products_equal_autograd(ratio):
+def test_loss_gradient_and_hessian_vector_products_equal_autograd(ratio, fast):
     theta = stacked_theta()
     tb = batch(theta, 1)
     weight = -tb.mask * tb.advantages / tb.mask.sum(-1, keepdim=True).clamp_min(1)
@@ -70,7 +71,8 @@ def test_loss_gradient_and_hessian_vector_products_equal_autograd(ratio):
         f = torch.exp(logp - tb.logp_old) if ratio else logp
         return -tb.task_mean(f * tb.advantages).sum()
 
-    point = closed_form.LossAt(POLICY, theta, tb.obs, tb.actions, weight, tb.logp_old if ratio else None)
+    point = closed_form.LossAt(POLICY, theta, tb.obs, tb.actions, weight, tb.logp_old if ratio else None, fast=fast)
+    assert point.net.fast == fast
     close(point.grad, metagrad.grad(loss, theta), 1e-12)
     assert list(point.grad) == list(theta)  # flat() concatenates in key order
     for s in range(3):
@@ -83,18 +85,51 @@ def test_loss_gradient_and_hessian_vector_products_equal_autograd(ratio):
     close(point.hvp(u), metagrad.hvp(loss, theta, u, "second-order", 0.0), 1e-12)
 
 
-def test_kl_fisher_vector_product_equals_the_kl_hessian():
+@pytest.mark.parametrize("fast", [False, True])
+def test_kl_fisher_vector_product_equals_the_kl_hessian(fast):
     theta = stacked_theta(1)
     tb = batch(theta, 2)
     old = {k: v.clone() for k, v in theta.items()}
     kl = lambda p: tb.task_mean(POLICY.kl(old, p, tb.obs)).sum() / T
-    net = closed_form.MLPAt(POLICY, theta, tb.obs)
+    net = closed_form.MLPAt(POLICY, theta, tb.obs, fast=fast)
     weight = tb.mask / tb.mask.sum(-1, keepdim=True).clamp_min(1) / T
     for s in range(3):
         u = rand_like(theta, 20 + s)
         fu = closed_form.kl_fisher_vp(net, weight, u)
         assert list(fu) == list(u)
         close(fu, metagrad.hvp(kl, theta, u, "second-order", 0.0), 1e-12)
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 2.4e-7), (torch.float64, 5e-16)])
+def test_fast_tanh_is_within_a_few_ulp_of_one(dtype, bound):
+    """tanh_ (2 sigmoid(2x) - 1, in place) against torch.tanh on a dense grid through zero, the
+    curved part and saturation: absolute error below two float32 (about two float64) units at
+    1, odd to that rounding, and saturating to exactly +-1."""
+    x = torch.cat([torch.linspace(-30, 30, 200_001, dtype=dtype), torch.tensor([0.0, 1e-30, -1e-8, 88.0, -88.0, 1e4], dtype=dtype)])
+    y = closed_form.tanh_(x.clone())
+    ref = torch.tanh(x.double())
+    assert float((y.double() - ref).abs().max()) <= bound
+    assert float((closed_form.tanh_(-x.clone()) + y).abs().max()) <= 2 * bound  # odd, to the same rounding
+    assert float(y[x >= 20].min()) == 1.0 and float(y[x <= -20].max()) == -1.0
+
+
+def test_fast_products_equal_the_policy_operand_order():
+    """out_layer and the transposed weight cotangent: the same products as the exact path's."""
+    g = torch.Generator().manual_seed(4)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)
+    h, w, b = r(T, 50, 7), r(T, 2, 7), r(T, 2)
+    ref = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+    out = closed_form.out_layer(w, h, b)
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    dh, W = r(T, 50, 6), r(T, 2, 6)
+    torch.testing.assert_close(closed_form.out_layer(w, h, None, (W, dh)), h @ w.transpose(1, 2) + dh @ W.transpose(1, 2), rtol=1e-13, atol=1e-13)
+    gr, hh, a, bb = r(T, 50, 5), r(T, 50, 8), r(T, 50, 5), r(T, 50, 7)
+    exact = closed_form.weight_cotangent(gr, hh, False, (a, bb))
+    torch.testing.assert_close(closed_form.weight_cotangent(gr, hh, True, (a, bb)), exact, rtol=1e-13, atol=1e-13)
+    expected = gr.transpose(1, 2) @ hh
+    expected[..., :-1] += a.transpose(1, 2) @ bb
+    torch.testing.assert_close(exact, expected, rtol=1e-13, atol=1e-13)
 
 
 def tiny_trpo_maml(K: int, estimator: str = "second-order"):

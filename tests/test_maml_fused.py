@@ -9,12 +9,16 @@ must give the same numbers up to float rounding."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_closed_form import close
 from test_maml_batched import compare, config, fresh_agent, sampled_rounds
 
-from agents import maml
+from agents import closed_form, maml
+from agents.advantages import compute_advantages
+from agents.core import advantage_settings
+from agents.policy import GaussianMLPPolicy, torch_threads
 from rlbench import seeding
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
@@ -143,3 +147,86 @@ def test_fused_promp_first_step_reuses_the_sampling_points(monkeypatch):
     for k, v in fresh.params.items():
         torch.testing.assert_close(reuse.params[k], v, rtol=1e-12, atol=1e-15)
     assert m_reuse == pytest.approx(m_fresh, rel=1e-12, abs=1e-15)
+
+
+def replay_fast_and_exact(cfg, monkeypatch, group_tasks: int = 2, count: bool = False):
+    """One iteration of the fused ProMP learner with its fast path (agents/closed_form.py
+    MLPAt ``fast``) and one with ``fast_forward`` off (the policy's exact operations), on the
+    same recorded rounds. Returns ({"fast": agent, "exact": agent}, their metrics, the number
+    of task groups, and with ``count`` the number of forward passes each took: MLPAt
+    constructions plus GaussianMLPPolicy.mean calls)."""
+    width = max(cfg.policy.hidden_sizes)
+    monkeypatch.setattr(maml, "CHUNK_ELEMENTS", group_tasks * cfg.sampler.episodes_per_task * cfg.sampler.horizon * width)
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        agents = {"fast": fresh_agent(cfg, sampler, "fused"), "exact": fresh_agent(cfg, sampler, "fused")}
+        agents["exact"].fast_forward = False
+        assert agents["fast"].fast and not agents["exact"].fast
+        trainer.agent = agents["exact"]
+        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
+        log = []
+        trainer.agent.sample_rounds(lambda tasks_, params: log.append(trainer.collect(tasks_, params)) or log[-1], tasks)
+    forwards = {"n": 0}
+    if count:
+        mlp_init, mean = closed_form.MLPAt.__init__, GaussianMLPPolicy.mean
+        monkeypatch.setattr(closed_form.MLPAt, "__init__", lambda *a, **k: forwards.__setitem__("n", forwards["n"] + 1) or mlp_init(*a, **k))
+        monkeypatch.setattr(GaussianMLPPolicy, "mean", lambda *a, **k: forwards.__setitem__("n", forwards["n"] + 1) or mean(*a, **k))
+    metrics, passes = {}, {}
+    for name, agent in agents.items():
+        forwards["n"] = 0
+        replay = iter(log)
+        metrics[name] = agent.train_iteration(lambda tasks_, params, replay=replay: next(replay), tasks)
+        assert next(replay, None) is None
+        passes[name] = forwards["n"]
+    groups = len(agents["fast"].chunks(agents["fast"]._process(log[0], agents["fast"].params)))
+    return agents, metrics, groups, passes
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 2e-5)])
+@pytest.mark.parametrize("K", [1, 2])
+def test_fused_promp_fast_path_equals_the_exact_path(dtype, rtol, K, monkeypatch):
+    """The fast path (tanh as 2 sigmoid(2x) - 1, the output layer's and hidden layers' products
+    in the other operand order, forward passes shared) against the fused learner with the
+    policy's exact operations, on the same batches: the same update up to float rounding."""
+    agents, metrics, groups, _ = replay_fast_and_exact(config("promp", K, "second-order", dtype=dtype, adaptive_eta=True), monkeypatch)
+    assert groups > 1
+    fast, exact = agents["fast"], agents["exact"]
+    for k, v in exact.params.items():
+        scale = float(v.detach().abs().max())
+        torch.testing.assert_close(fast.params[k], v, rtol=0, atol=rtol * scale)
+    assert not all(torch.equal(fast.params[k], exact.params[k]) for k in exact.params)  # not the same operations
+    assert metrics["fast"].keys() == metrics["exact"].keys()
+    for k, v in metrics["exact"].items():
+        assert metrics["fast"][k] == pytest.approx(v, rel=rtol * 100, abs=rtol), k
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_fused_promp_fast_path_shares_forward_passes(K, monkeypatch):
+    """With the fast path each task group's forward pass that gives ``logp_old`` also serves the
+    inner step at the same parameters (K rounds), the first Adam step's post-adaptation
+    forward pass and the old policy's mean for the KL penalty: K + 2 forward passes fewer
+    per task group than with the exact operations."""
+    cfg = config("promp", K, "second-order")
+    _, _, groups, passes = replay_fast_and_exact(cfg, monkeypatch, count=True)
+    steps = cfg.algo_cfg.num_ppo_steps
+    # fast: K + 1 rounds processed; Adam steps 2..S recompute K points and the post pass, the
+    # first step the K - 1 points after the first; the values after the update: K + 1
+    assert passes["fast"] == groups * ((K + 1) + (K - 1) + (steps - 1) * (K + 1) + (K + 1))
+    assert passes["exact"] - passes["fast"] == groups * (K + 2)
+
+
+def test_fused_advantages_by_thread_equal_one_call(monkeypatch):
+    """The fused learners compute advantages in one task range per learner thread; every
+    quantity is per task, so the result is bit-identical to one call over all tasks."""
+    cfg = config("trpo-maml", 1, "second-order", tasks=7)
+    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
+        trainer = Trainer(cfg, sampler)
+        agent = fresh_agent(cfg, sampler, "fused")
+        tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", 0))
+        batch = trainer.collect(tasks, agent.params)
+    whole = compute_advantages(batch, advantage_settings(cfg.advantage), blas=True)
+    for threads in (2, 3):
+        with torch_threads(threads):
+            split = agent._advantages(batch)
+        assert np.array_equal(split, whole)
+    assert batch.task_range(slice(2, 5)).n_tasks == 3 and np.array_equal(batch.task_range(slice(2, 5)).obs, batch.obs[2:5])
