@@ -19,10 +19,15 @@ them to sample the post-adaptation episodes; the same tensors) and forms the ste
 eleven). ProMP's exact second-order meta-gradient and the KL penalty's gradient are in closed
 form too (one backward pass shared by the inner Hessian-vector product and the KL term), its
 sampling rounds' inner steps use closed-form gradients, and its first Adam step (at theta =
-old) starts from the inner-loss points those steps computed. Both form the linear
-baseline's normal equations with torch's BLAS (``compute_advantages(blas=True)``).
+old) starts from the inner-loss points those steps computed. ProMP's fused learner also takes
+its forward passes by a faster path (``fast_forward``, :class:`MAMLBase`) and computes each
+once: the pass that gives a round's ``logp_old`` is the inner step's at the same parameters,
+the old policy's mean for the KL penalty and the first Adam step's on the post-adaptation
+episodes. Both form the linear baseline's normal equations with torch's BLAS
+(``compute_advantages(blas=True)``), one task range per learner thread.
 All give the same numbers up to float rounding (tests/test_maml_batched.py,
-tests/test_closed_form.py, tests/test_maml_fused.py).
+tests/test_closed_form.py, tests/test_maml_fused.py); TRPO-MAML's fused update is
+bit-identical to its analytic one.
 """
 
 from __future__ import annotations
@@ -160,11 +165,14 @@ class MAMLBase(LearnerBase):
 
     ``fast_forward``: whether the ``fused`` implementation with the exact second-order
     estimator takes its forward passes by :class:`closed_form.MLPAt`'s ``fast`` path (tanh as
-    2 sigmoid(2x) - 1, the output layer's product in the faster operand order: equal to the
-    policy's forward to float rounding, 9% of ProMP's update at the paper's batch shape) and
-    shares each between ``logp_old``, the inner step at the same parameters and the update's
-    first Adam step. ProMP's Adam steps are smooth in rounding; TRPO-MAML keeps the policy's
+    2 sigmoid(2x) - 1, narrow products in MKL's faster operand order: equal to the policy's
+    forward to float rounding) and shares each between ``logp_old``, the inner step at the same
+    parameters and the update's first Adam step: 22% less CPU time for ProMP's update at the
+    paper's batch shape (results/bench/README.md, "ProMP's fast forward path"). ProMP's Adam steps are smooth in rounding; TRPO-MAML keeps the policy's
     exact operations for the reason above (its update is bit-identical to ``analytic``'s)."""
+
+    closed_form_sampling_steps = False
+    fast_forward = False
 
     def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params, impl: str = IMPLS[0]):
         super().__init__(cfg, policy, params)

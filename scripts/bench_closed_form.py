@@ -17,6 +17,7 @@ The shapes are one task group of HalfCheetahRandVel at the protocol's batch shap
 20 episodes x 200 steps, observation 17, hidden 64, action 6) unless given.
 
     python scripts/bench_closed_form.py --threads 1 --repeats 20 --out results/bench/closed_form_kernels.json
+    python scripts/bench_closed_form.py --table results/bench/closed_form_kernels.json   # its markdown table
 """
 
 from __future__ import annotations
@@ -59,8 +60,18 @@ def pair(name: str, old, new, repeats: int) -> dict:
     return row
 
 
+def table(path: str) -> str:
+    """The markdown table of a file this script wrote."""
+    rows = json.loads(open(path).read())["rows"]
+    lines = ["| kernel | old ms | new ms | old / new | same bits | max abs diff |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['kernel']} | {r['old_ms']:.3f} | {r['new_ms']:.3f} | {r['old_over_new']:.2f} | {'yes' if r['same_bits'] else 'no'} "
+              f"| {r['max_abs_diff']:.1e} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", metavar="FILE", help="print the markdown table of a file this script wrote, and nothing else")
     p.add_argument("--tasks", type=int, default=4, help="tasks in the group")
     p.add_argument("--rows", type=int, default=4000, help="transitions per task")
     p.add_argument("--obs", type=int, default=17)
@@ -70,6 +81,13 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out")
     a = p.parse_args()
+    if a.table:
+        try:
+            print(table(a.table))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --table {a.table}: not a file of this script ({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
+        return 0
     if min(a.tasks, a.rows, a.obs, a.hidden, a.act, a.threads, a.repeats) < 1:
         print("error: every size, --threads and --repeats must be at least 1", file=sys.stderr)
         return 2

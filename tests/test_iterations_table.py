@@ -138,3 +138,43 @@ def test_update_benches_refuse_bad_arguments_in_one_line(tmp_path, monkeypatch, 
         _load("bench_sampler").main(["--envs", "HalfCheetahRandVel", "bogus"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "unknown environment 'rlbench/bogus-v0'" in err
+
+
+def test_bench_closed_form_compares_each_kernel_and_prints_its_table(tmp_path, monkeypatch, capsys):
+    """bench_closed_form.py on small shapes: every kernel pair within float rounding of the
+    operation it replaces (the transposed weight cotangents within 1e-5 of the values' size,
+    bits not asserted: they depend on the BLAS), its file's table, and bad input one line, exit 2."""
+    out = tmp_path / "k.json"
+    monkeypatch.setattr("sys.argv", ["bench_closed_form", "--tasks", "2", "--rows", "300", "--repeats", "1", "--out", str(out)])
+    assert _load("bench_closed_form").main() == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["tanh", "out_layer", "weight_cotangent_first", "weight_cotangent_second"]
+    for r in rows:
+        assert r["old_ms"] > 0 and r["new_ms"] > 0
+        assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["max_abs_value"]), r
+    assert not rows[0]["same_bits"] and rows[0]["max_abs_diff"] > 0  # the fast tanh is not torch.tanh
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["bench_closed_form", "--table", str(out)])
+    assert _load("bench_closed_form").main() == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| kernel |") and len(table) == 6 and table[2].startswith("| tanh | ")
+    for argv in (["--table", str(tmp_path / "missing.json")], ["--repeats", "0"]):
+        monkeypatch.setattr("sys.argv", ["bench_closed_form", *argv])
+        assert _load("bench_closed_form").main() == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bench_maml_update_times_the_fast_and_exact_promp_on_the_same_batch(tmp_path, monkeypatch):
+    """``--impls fused fused-exact``: the same recorded rounds replayed to ProMP with and without
+    the fast forward path; both rows present, their losses after the update equal to float32
+    rounding and not bit for bit (different operations)."""
+    out = tmp_path / "u.json"
+    monkeypatch.setattr("sys.argv", ["bench_maml_update", "--algos", "promp", "--impls", "fused", "fused-exact",
+                                     "--fraction", "0.05", "--threads", "1", "--out", str(out)])
+    assert _load("bench_maml_update").main() == 0
+    result = json.loads(out.read_text())
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert set(rows) == {"fused", "fused-exact"} and rows["fused"]["tasks"] == 2
+    assert rows["fused"]["loss_after"] == pytest.approx(rows["fused-exact"]["loss_after"], rel=1e-4)
+    assert rows["fused"]["loss_after"] != rows["fused-exact"]["loss_after"]
+    assert set(result["summary"]["promp"]["min_update_cpu_s"]) == {"fused", "fused-exact"}
