@@ -37,6 +37,7 @@ from bench_iterations import emit  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls of ``fn()`` after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):

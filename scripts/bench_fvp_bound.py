@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from agents import maml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_closed_form import best_time  # noqa: E402
 from bench_iterations import emit  # noqa: E402
 from bench_maml_update import add_batch_arguments, bad_batch_arguments, record  # noqa: E402
 
@@ -44,13 +45,7 @@ ALGO = maml.TRPOMAML.algo
 
 def best_rate(fn, flops: float, repeats: int) -> float:
     """FLOP/s of ``fn`` (``flops`` per call), best of ``repeats`` timed calls after one warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return flops / best
+    return flops / best_time(fn, repeats)
 
 
 def count_flops(fn) -> float:
