@@ -109,6 +109,13 @@ def ppo_clip_objective(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> t
     return torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
 
 
+def ppo_clip_active(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
+    """Where :func:`ppo_clip_objective`'s derivative with respect to r is A (elsewhere 0): where
+    r A < clip(r) A, or r lies in the clip range (ties inside it split autograd's gradient
+    between two branches that both pass A)."""
+    return (ratio * adv < ratio.clamp(1.0 - clip, 1.0 + clip) * adv) | ((ratio >= 1.0 - clip) & (ratio <= 1.0 + clip))
+
+
 def conjugate_gradient(mvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10,
                        with_product: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Solve A x = b for symmetric positive definite A given only x -> A x. With

@@ -14,6 +14,7 @@ from agents.core import (
     Collect,
     LearnerBase,
     fvp_of_kl,
+    ppo_clip_active,
     ppo_clip_objective,
     process,
     trpo_step,
@@ -34,9 +35,18 @@ class DRSBase(LearnerBase):
 class DRSPPO(DRSBase):
     """DRS+PPO: clipped surrogate (clip 0.3) on the pooled batch, Adam. By default full-batch
     for ``num_ppo_steps`` steps (the protocol); with ``minibatches > 1``, ``num_ppo_steps``
-    epochs over that many shuffled minibatches (for comparison with other PPO codes)."""
+    epochs over that many shuffled minibatches (for comparison with other PPO codes).
+
+    ``grad_impl``: how a full-batch step's gradient is computed. ``"closed-form"`` (default):
+    by task groups on the learner's threads (:func:`agents.maml.map_groups`), each group's
+    forward pass by :class:`agents.closed_form.MLPAt`'s fast path and the clipped surrogate's
+    gradient in closed form (:class:`agents.closed_form.LossAt`, weighted by the clip's active
+    set, :func:`agents.core.ppo_clip_active`). ``"autograd"``: autograd on the pooled batch
+    (the oracle of tests/test_drs_ppo_closed_form.py, and the minibatch path). The two give the
+    same update up to float rounding."""
 
     algo = "drs-ppo"
+    grad_impl = "closed-form"
 
     def __init__(self, cfg: AgentConfig, policy: GaussianMLPPolicy, params: Params):
         super().__init__(cfg, policy, params)
@@ -50,6 +60,8 @@ class DRSPPO(DRSBase):
     def train_iteration(self, collect: Collect, tasks: list[Any], rng: np.random.Generator | None = None) -> dict[str, float]:
         a = self.cfg.algo_cfg
         tb, stats = self._collect_processed(collect, tasks)
+        if a.minibatches == 1 and self.grad_impl == "closed-form":
+            return {**stats, **self._closed_form_steps(tb)}
         # Pool every real transition of every task into one flat batch.
         keep = tb.mask.reshape(-1) > 0
         obs = tb.obs.reshape(-1, tb.obs.shape[-1])[keep]
@@ -74,6 +86,43 @@ class DRSPPO(DRSBase):
         with torch.no_grad():  # sample estimate of KL(old || new) on the batch
             kl = float((logp_old - self.policy.log_prob(self.params, obs, act)).mean())
         return {**stats, "train/loss": losses[-1], "train/approx_kl": kl, "train/std": float(self.params["log_std"].detach().exp().mean())}
+
+    def _closed_form_steps(self, tb: TensorBatch) -> dict[str, float]:
+        """``num_ppo_steps`` full-batch Adam steps with the gradient in closed form by task
+        groups (``grad_impl="closed-form"``); the same logged values as the autograd path."""
+        clip = self.cfg.algo_cfg.clip
+        weight = tb.mask / tb.mask.sum().clamp_min(1)  # pooled-mean weight of every transition
+        chunks = task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]))
+
+        def group(c: slice, theta: Params, gradient: bool) -> tuple[Params | None, float, float]:
+            """(gradient of the pooled loss's part on the tasks ``c``, that part, and its part
+            of the sample KL(old || theta)) at shared ``theta``."""
+            th = expand_params(theta, c.stop - c.start)
+            net = closed_form.MLPAt(self.policy, th, tb.obs[c], fast=True)
+            with torch.no_grad():
+                logp = self.policy.log_prob_of_mean(th, net.mu, tb.actions[c])
+                ratio = torch.exp(logp - tb.logp_old[c])
+                adv, w = tb.advantages[c], weight[c]
+                loss = float(-(ppo_clip_objective(ratio, adv, clip) * w).sum())
+                kl = float(((tb.logp_old[c] - logp) * w).sum())
+            if not gradient:
+                return None, loss, kl
+            point = closed_form.LossAt(self.policy, th, tb.obs[c], tb.actions[c], -w * adv * ppo_clip_active(ratio, adv, clip),
+                                       tb.logp_old[c], net=net, second_order=False)
+            return sum_tasks(point.grad), loss, kl
+
+        loss = 0.0
+        for _ in range(self.cfg.algo_cfg.num_ppo_steps):
+            theta = {k: v.detach() for k, v in self.params.items()}
+            parts = map_groups(lambda c, theta=theta: group(c, theta, True), chunks)
+            loss = sum(p[1] for p in parts)
+            self.optimizer.zero_grad()
+            for k, g in sum_all([p[0] for p in parts]).items():
+                self.params[k].grad = g
+            self.optimizer.step()
+        new = {k: v.detach() for k, v in self.params.items()}
+        kl = sum(p[2] for p in map_groups(lambda c: group(c, new, False), chunks))  # sample estimate of KL(old || new)
+        return {"train/loss": loss, "train/approx_kl": kl, "train/std": float(self.params["log_std"].detach().exp().mean())}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}

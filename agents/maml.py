@@ -54,6 +54,7 @@ from agents.core import (
     loglik_loss_of_logp,
     lr_surrogate,
     lr_surrogate_of_logp,
+    ppo_clip_active,
     ppo_clip_objective,
     process,
     trpo_step,
@@ -458,11 +459,8 @@ class ProMP(MAMLBase):
             objective = float(post.task_mean(ppo_clip_objective(ratio, post.advantages, self.cfg.algo_cfg.clip)).sum())
         if values_only:
             return None, (kl, objective)
-        clip = self.cfg.algo_cfg.clip
         a = post.advantages
-        # d min(r A, clip(r) A) / dr = A where r A < clip(r) A or r lies in the clip range (ties inside
-        # it split the gradient between two branches that both pass it), else 0
-        active = (ratio * a < ratio.clamp(1.0 - clip, 1.0 + clip) * a) | ((ratio >= 1.0 - clip) & (ratio <= 1.0 + clip))
+        active = ppo_clip_active(ratio, a, self.cfg.algo_cfg.clip)  # d min(r A, clip(r) A) / dr = A there, else 0
         weight = -post.mask / post.mask.sum(-1, keepdim=True).clamp_min(1) / T * a * active
         g = closed_form.LossAt(self.policy, phi, post.obs, post.actions, weight, post.logp_old, net=net, second_order=False).grad
         extra = closed_form.kl_cotangents(self.policy, old["log_std"], mu_old, net0.log_std, net0.mu, self.eta * kw)

@@ -178,3 +178,17 @@ def test_bench_maml_update_times_the_fast_and_exact_promp_on_the_same_batch(tmp_
     assert rows["fused"]["loss_after"] == pytest.approx(rows["fused-exact"]["loss_after"], rel=1e-4)
     assert rows["fused"]["loss_after"] != rows["fused-exact"]["loss_after"]
     assert set(result["summary"]["promp"]["min_update_cpu_s"]) == {"fused", "fused-exact"}
+
+
+def test_bench_drs_update_compares_drs_ppo_implementations(tmp_path, monkeypatch):
+    """``bench_drs_trpo_fvp.py --algo drs-ppo``: DRS-PPO's closed-form and autograd updates on the
+    same recorded batch, both rows present, parameters equal to float32 rounding (Adam's
+    normalised steps amplify it), not bit for bit."""
+    out = tmp_path / "d.json"
+    monkeypatch.setattr("sys.argv", ["bench_drs_trpo_fvp", "--algo", "drs-ppo", "--fraction", "0.05", "--threads", "1",
+                                     "--repeats", "1", "--out", str(out)])
+    assert _load("bench_drs_trpo_fvp").main() == 0
+    result = json.loads(out.read_text())
+    assert result["algo"] == "drs-ppo" and {r["impl"] for r in result["rows"]} == {"closed-form", "autograd"}
+    assert 0 < result["param_max_rel_diff"] < 1e-3
+    assert result["same_decision"]
