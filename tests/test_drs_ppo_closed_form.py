@@ -10,17 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from test_closed_form import POLICY, batch, close, rand_like
-from test_drs_trpo_fvp import shared_params
+from test_drs_trpo_fvp import shared_params, side_by_side
 
 from agents import maml, metagrad
 from agents.config import AlgoConfig
-from agents.core import DTYPES
 from agents.drs import DRSPPO
-from agents.registry import AGENTS, make_policy
-from rlbench import seeding
 from rlbench.presets import run_config
-from rlbench.sampler import Sampler
-from rlbench.trainer import Trainer
 
 
 class _Cfg:
@@ -74,35 +69,16 @@ def test_drs_ppo_training_equals_autograd(dtype, rtol, atol, minibatches, monkey
     replayed the autograd learner's batches, ends every iteration with the same parameters,
     Adam state and logged values up to float rounding; with minibatches both take the
     autograd path (bit-identical)."""
-    cfg = config(dtype, minibatches)
-    monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
-    with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
-        trainer = Trainer(cfg, sampler)
-        agents = {}
-        for impl in ("autograd", "closed-form"):
-            policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
-            agents[impl] = AGENTS[cfg.algo](cfg, policy, policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype]))
-            agents[impl].grad_impl = impl
-        trainer.agent = agents["autograd"]
-        for it in range(3):
-            tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", it))
-            log: list = []
-
-            def record(tasks_, params, log=log):
-                log.append(trainer.collect(tasks_, params))
-                return log[-1]
-
-            m_ref = agents["autograd"].train_iteration(record, tasks, rng=None)
-            replay = iter(log)
-            m_new = agents["closed-form"].train_iteration(lambda tasks_, params, replay=replay: next(replay), tasks, rng=None)
-            for k, v in agents["autograd"].params.items():
-                torch.testing.assert_close(agents["closed-form"].params[k], v, rtol=rtol, atol=atol, msg=lambda s, k=k, it=it: f"{k} it {it}: {s}")
-            assert m_new.keys() == m_ref.keys()
-            for key, v in m_ref.items():
-                assert m_new[key] == pytest.approx(v, rel=max(rtol, 1e-12) * 100, abs=atol), (key, it)
-        if minibatches == 1:
-            assert not all(torch.equal(agents["closed-form"].params[k], v) for k, v in agents["autograd"].params.items())
-        s_ref, s_new = agents["autograd"].optimizer.state_dict()["state"], agents["closed-form"].optimizer.state_dict()["state"]
-        for i in s_ref:
-            for key in ("exp_avg", "exp_avg_sq"):
-                torch.testing.assert_close(s_new[i][key], s_ref[i][key], rtol=rtol * 100, atol=atol * 100)
+    agents = None
+    for it, agents, m_ref, m_new in side_by_side(config(dtype, minibatches), "grad_impl", 3, monkeypatch):
+        for k, v in agents["autograd"].params.items():
+            torch.testing.assert_close(agents["closed-form"].params[k], v, rtol=rtol, atol=atol, msg=lambda s, k=k, it=it: f"{k} it {it}: {s}")
+        assert m_new.keys() == m_ref.keys()
+        for key, v in m_ref.items():
+            assert m_new[key] == pytest.approx(v, rel=max(rtol, 1e-12) * 100, abs=atol), (key, it)
+    if minibatches == 1:
+        assert not all(torch.equal(agents["closed-form"].params[k], v) for k, v in agents["autograd"].params.items())
+    s_ref, s_new = agents["autograd"].optimizer.state_dict()["state"], agents["closed-form"].optimizer.state_dict()["state"]
+    for i in s_ref:
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(s_new[i][key], s_ref[i][key], rtol=rtol * 100, atol=atol * 100)

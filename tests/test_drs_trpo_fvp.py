@@ -66,11 +66,11 @@ def config():
         "algo_cfg": {"cg_damping": 1.0}})
 
 
-def test_drs_trpo_training_equals_the_autograd_products(monkeypatch):
-    """Three iterations on PointGoal (5 tasks in groups of 2, 2, 1): the closed-form learner,
-    replayed the autograd learner's batches, ends every iteration with the same parameters
-    and logged values up to float64 rounding, and accepted the same steps."""
-    cfg = config()
+def side_by_side(cfg, attribute: str, iterations: int, monkeypatch):
+    """A DRS learner of each implementation (``attribute`` = "autograd" / "closed-form") from the
+    same initial parameters, 5 tasks in groups of 2, 2, 1: the autograd one trains on sampled
+    batches, the closed-form one is replayed them. Yields (iteration, agents, autograd's
+    metrics, closed form's metrics) after each iteration."""
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 2 * cfg.sampler.episodes_per_task * cfg.sampler.horizon * max(cfg.policy.hidden_sizes))
     with Sampler(cfg.env_id, horizon=cfg.sampler.horizon, n_workers=1) as sampler:
         trainer = Trainer(cfg, sampler)
@@ -78,10 +78,9 @@ def test_drs_trpo_training_equals_the_autograd_products(monkeypatch):
         for impl in ("autograd", "closed-form"):
             policy = make_policy(cfg, sampler.obs_dim, sampler.act_dim)
             agents[impl] = AGENTS[cfg.algo](cfg, policy, policy.init_params(seeding.torch_generator(cfg.seed, "policy-init"), DTYPES[cfg.dtype]))
-            agents[impl].fvp_impl = impl
+            setattr(agents[impl], attribute, impl)
         trainer.agent = agents["autograd"]
-        accepted = 0
-        for it in range(3):
+        for it in range(iterations):
             tasks = trainer.tasks.sample(cfg.sampler.meta_batch_size, seeding.generator(cfg.seed, "train-tasks", it))
             log: list = []
 
@@ -92,9 +91,19 @@ def test_drs_trpo_training_equals_the_autograd_products(monkeypatch):
             m_ref = agents["autograd"].train_iteration(record, tasks)
             replay = iter(log)
             m_new = agents["closed-form"].train_iteration(lambda tasks_, params, replay=replay: next(replay), tasks)
-            for k, v in agents["autograd"].params.items():
-                torch.testing.assert_close(agents["closed-form"].params[k], v, rtol=1e-9, atol=1e-12, msg=lambda s, k=k, it=it: f"{k} it {it}: {s}")
-            for key in ("train/loss", "train/kl", "train/accepted", "train/backtracks"):
-                assert m_new[key] == pytest.approx(m_ref[key], rel=1e-8, abs=1e-12), (key, it)
-            accepted += int(m_ref["train/accepted"])
-        assert accepted >= 2  # the comparison covers real steps, not only rejected ones
+            assert next(replay, None) is None
+            yield it, agents, m_ref, m_new
+
+
+def test_drs_trpo_training_equals_the_autograd_products(monkeypatch):
+    """Three iterations on PointGoal (5 tasks in groups of 2, 2, 1): the closed-form learner,
+    replayed the autograd learner's batches, ends every iteration with the same parameters
+    and logged values up to float64 rounding, and accepted the same steps."""
+    accepted = 0
+    for it, agents, m_ref, m_new in side_by_side(config(), "fvp_impl", 3, monkeypatch):
+        for k, v in agents["autograd"].params.items():
+            torch.testing.assert_close(agents["closed-form"].params[k], v, rtol=1e-9, atol=1e-12, msg=lambda s, k=k, it=it: f"{k} it {it}: {s}")
+        for key in ("train/loss", "train/kl", "train/accepted", "train/backtracks"):
+            assert m_new[key] == pytest.approx(m_ref[key], rel=1e-8, abs=1e-12), (key, it)
+        accepted += int(m_ref["train/accepted"])
+    assert accepted >= 2  # the comparison covers real steps, not only rejected ones
