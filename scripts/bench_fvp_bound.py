@@ -48,13 +48,27 @@ def best_rate(fn, flops: float, repeats: int) -> float:
     return flops / best_time(fn, repeats)
 
 
+#: The in-place products the closed forms accumulate with (``baddbmm_``, ``addmm_``): torch's
+#: counter has formulas for the out-of-place operations only and counted these as zero, which
+#: left 40% of a product's FLOPs out of sessions 7-9's measurements (15.25 instead of 25.3
+#: GFLOP; results/bench/README.md, "Correction: the FLOP count").
+def _product_flops(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """2 m n k (times the batch) for ``self + a @ b`` with ``a`` [..., m, k], ``b`` [..., k, n]."""
+    *batch, m, k = a_shape
+    return 2 * m * k * b_shape[-1] * (batch[0] if batch else 1)
+
+
+IN_PLACE_PRODUCTS = {torch.ops.aten.baddbmm_: _product_flops, torch.ops.aten.addmm_: _product_flops}
+
+
 def count_flops(fn) -> float:
-    """Matrix-multiply FLOPs of ``fn()``. The learner runs its task groups on pool threads, which
-    the (thread-local) counter does not see, so the groups run on this thread while counting."""
+    """Matrix-multiply FLOPs of ``fn()``, in-place products included. The learner runs its task
+    groups on pool threads, which the (thread-local) counter does not see, so the groups run on
+    this thread while counting."""
     pooled = maml.map_groups
     maml.map_groups = lambda f, items: [f(x) for x in items]
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=IN_PLACE_PRODUCTS) as counter:
             fn()
     finally:
         maml.map_groups = pooled

@@ -192,3 +192,32 @@ def test_bench_drs_update_compares_drs_ppo_implementations(tmp_path, monkeypatch
     assert result["algo"] == "drs-ppo" and {r["impl"] for r in result["rows"]} == {"closed-form", "autograd"}
     assert 0 < result["param_max_rel_diff"] < 1e-3
     assert result["same_decision"]
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_fvp_bound_counts_every_product_of_a_fisher_vector_product(K):
+    """bench_fvp_bound.count_flops on the fused TRPO-MAML Fisher-vector product equals the count
+    written out by hand from the closed forms (agents/closed_form.py). Per transition, with
+    ``c_i = (in_i + 1) out_i`` (layer i's weights and bias) and ``w_i = in_i out_i``: a tangent
+    pass costs ``sum c_i + sum_{i>0} w_i`` multiply-adds, a backward pass the same, the tangent
+    of a backward pass ``sum c_i + 3 sum_{i>0} w_i``; a product is K Hessian-vector products of
+    the inner losses on their rounds, the KL's on the post-adaptation round, then K more back.
+    The in-place ``baddbmm_`` accumulations are two fifths of it: torch's counter alone gave 0
+    for them."""
+    from test_maml_fused import sampled
+
+    agents, inner, post, T = sampled("trpo-maml", K)
+    agent = agents["fused"]
+    bound = _load("bench_fvp_bound")
+    old, _, _, g, fvp = agent.fused_problem(inner, post, T, agent.last_chain)
+    sizes = [agent.policy.obs_dim, *agent.policy.hidden_sizes, agent.policy.act_dim]
+    c = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    w = sum(a * b for a, b in list(zip(sizes, sizes[1:]))[1:])
+    tangent, backward, backward_tangent = c + w, c + w, c + 3 * w
+    hvp, kl = tangent + backward_tangent, tangent + backward
+    rows = [tb.obs.shape[0] * tb.obs.shape[1] for tb in inner]
+    expected = 2 * (2 * hvp * sum(rows) + kl * post.obs.shape[0] * post.obs.shape[1])
+    assert bound.count_flops(lambda: fvp(g)) == expected
+    with bound.FlopCounterMode(display=False) as plain:
+        fvp(g)
+    assert plain.get_total_flops() < 0.7 * expected  # what the counter missed without the in-place formulas
