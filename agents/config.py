@@ -100,6 +100,9 @@ class AlgoConfig:
     cg_damping: float = CG_DAMPING  # Fisher-vector product regulariser
     backtrack_ratio: float = BACKTRACK_RATIO
     max_backtracks: int = MAX_BACKTRACKS
+    # off by default (1.0, the protocol): the conjugate gradient's Fisher-vector products on the
+    # first ceil(fvp_subsample x T) of the iteration's T tasks only (docs/protocol.md section 4.2)
+    fvp_subsample: float = 1.0
     # MAML inner loop (meta-learners, and meta-test adaptation of every agent)
     inner_lr: float = 1e-2
     inner_steps: int = 1  # K; each step resamples episodes from the adapted policy
@@ -119,6 +122,9 @@ class AlgoConfig:
         for key in ("num_ppo_steps", "minibatches", "cg_iters", "inner_steps"):
             check(getattr(self, key) >= 1, p, key, "must be >= 1")
         check(self.max_backtracks >= 0, p, "max_backtracks", "must be >= 0")
+        check(0 < self.fvp_subsample <= 1, p, "fvp_subsample", "must lie in (0, 1]")
+        check(self.fvp_subsample == 1 or self.meta_gradient != "hessian-free", p, "fvp_subsample",
+              "must be 1 with meta_gradient hessian-free (its finite-difference radius is set by the whole batch)")
 
     @property
     def effective_inner_lr(self) -> float:

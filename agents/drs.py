@@ -19,7 +19,7 @@ from agents.core import (
     process,
     trpo_step,
 )
-from agents.maml import TRPOProblem, map_groups, memoised_problem, sum_all, sum_tasks, task_chunks
+from agents.maml import TRPOProblem, fvp_tasks, map_groups, memoised_problem, subsampled_fvp, sum_all, sum_tasks, task_chunks
 from agents.policy import GaussianMLPPolicy, Params, expand_params
 
 
@@ -164,7 +164,13 @@ class DRSTRPO(DRSBase):
             def kl_fn(p: Params) -> torch.Tensor:
                 return tb.pooled_mean(self.policy.kl(old, p, tb.obs))
 
-            res = trpo_step(old, loss_fn, kl_fn, metagrad.grad(loss_fn, old), fvp_of_kl(kl_fn, old), a, a.max_kl)
+            sub = tb.tasks(slice(0, fvp_tasks(tb.n_tasks, a.fvp_subsample)))  # all tasks by default
+
+            def kl_fvp(p: Params) -> torch.Tensor:
+                return sub.pooled_mean(self.policy.kl(old, p, sub.obs))
+
+            res = trpo_step(old, loss_fn, kl_fn, metagrad.grad(loss_fn, old), fvp_of_kl(kl_fn if sub.n_tasks == tb.n_tasks else kl_fvp, old),
+                            a, a.max_kl)
         with torch.no_grad():
             for k, v in res.params.items():
                 self.params[k].copy_(v)
@@ -179,9 +185,11 @@ class DRSTRPO(DRSBase):
         pass on its transitions with the shared parameters expanded over its tasks. The
         surrogate and the KL are pooled means, so every group contributes its sums weighted by
         ``mask / (all real transitions)``; the parameters' gradients and products are the sums
-        over all tasks of the per-task ones."""
+        over all tasks of the per-task ones. With ``fvp_subsample`` < 1 the products are those of
+        the pooled mean KL over the first :func:`agents.maml.fvp_tasks` tasks."""
         weight = tb.mask / tb.mask.sum().clamp_min(1)  # pooled-mean weight of every transition
-        chunks = task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]))
+        k = fvp_tasks(tb.n_tasks, self.cfg.algo_cfg.fvp_subsample)
+        chunks = task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]), k)
 
         def build(c: slice) -> dict[str, Any]:
             n = c.stop - c.start
@@ -192,9 +200,10 @@ class DRSTRPO(DRSBase):
 
         groups = map_groups(build, chunks)
 
-        def fvp(v: Params) -> Params:
-            return sum_all(map_groups(
-                lambda grp: sum_tasks(closed_form.kl_fisher_vp(grp["net"], weight[grp["c"]], expand_params(v, grp["n"]))), groups))
+        def product(grp: dict, v: Params) -> Params:
+            return sum_tasks(closed_form.kl_fisher_vp(grp["net"], weight[grp["c"]], expand_params(v, grp["n"])))
+
+        fvp = subsampled_fvp(groups, tb.n_tasks, k, product, float(tb.mask.sum().clamp_min(1) / tb.mask[:k].sum().clamp_min(1)))
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) sums of one group at shared ``theta`` (one forward pass for both)."""

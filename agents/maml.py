@@ -32,6 +32,7 @@ bit-identical to its analytic one.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -75,10 +76,33 @@ CHUNK_ELEMENTS = 1 << 20
 IMPLS = ("fused", "analytic", "batched", "reference")
 
 
-def task_chunks(n_tasks: int, per_task: int, width: int) -> list[slice]:
-    """Contiguous task ranges of about ``CHUNK_ELEMENTS / (per_task * width)`` tasks each."""
+def task_chunks(n_tasks: int, per_task: int, width: int, split: int | None = None) -> list[slice]:
+    """Contiguous task ranges of about ``CHUNK_ELEMENTS / (per_task * width)`` tasks each. With
+    ``split`` < ``n_tasks``, no range crosses it (the ranges of tasks [0, split) are those of
+    ``split`` tasks); at ``split`` = ``n_tasks`` or None, the ranges are those without it."""
     size = max(1, CHUNK_ELEMENTS // max(1, per_task * width))
-    return [slice(i, min(i + size, n_tasks)) for i in range(0, n_tasks, size)]
+    cut = n_tasks if split is None else min(split, n_tasks)
+    return [slice(i, min(i + size, cut)) for i in range(0, cut, size)] + [slice(i, min(i + size, n_tasks)) for i in range(cut, n_tasks, size)]
+
+
+def fvp_tasks(n_tasks: int, fraction: float) -> int:
+    """How many of an iteration's tasks the TRPO learners' Fisher-vector products use with
+    ``AlgoConfig.fvp_subsample`` = ``fraction``: the first ``ceil(fraction * n_tasks)`` (at
+    least one). The tasks of an iteration are independent draws from the task distribution
+    (rlbench.tasks), so its first k tasks are a uniformly random subset of them."""
+    return n_tasks if fraction >= 1 else max(1, min(n_tasks, math.ceil(fraction * n_tasks - 1e-9)))  # 0.3 x 10 is 3, not 4
+
+
+def subsampled_fvp(groups: list[dict], n_tasks: int, k: int, product: Callable[[dict, Params], Params],
+                   scale: float) -> Callable[[Params], Params]:
+    """v -> the sum over ``groups`` (each with its task range ``"c"``) of ``product(group, v)``:
+    over all of them at ``k`` = ``n_tasks``; over the groups of the first ``k`` tasks times
+    ``scale`` otherwise (``fvp_subsample`` < 1, the groups then split at ``k``: task_chunks)."""
+    if k >= n_tasks:
+        return lambda v: sum_all(map_groups(lambda grp: product(grp, v), groups))
+    part = [grp for grp in groups if grp["c"].stop <= k]
+    assert sum(grp["c"].stop - grp["c"].start for grp in part) == k, "the task groups must split at k (task_chunks split=k)"
+    return lambda v: {key: scale * x for key, x in sum_all(map_groups(lambda grp: product(grp, v), part)).items()}
 
 
 def map_groups(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -291,13 +315,13 @@ class MAMLBase(LearnerBase):
         return closed_form.LossAt(self.policy, phi, tb.obs, tb.actions, weight, tb.logp_old if self.inner_is_ratio else None,
                                   net=net, second_order=second_order, fast=self.fast)
 
-    def chunks(self, tb: TensorBatch) -> list[slice]:
-        """Task groups of the batched implementation. One group for the Hessian-free estimator:
-        its finite-difference radius is set by the norm of the vector over *all* tasks, so
-        grouping would change the estimate, not only the rounding."""
+    def chunks(self, tb: TensorBatch, split: int | None = None) -> list[slice]:
+        """Task groups of the batched implementation (none crossing ``split``: task_chunks). One
+        group for the Hessian-free estimator: its finite-difference radius is set by the norm of
+        the vector over *all* tasks, so grouping would change the estimate, not only the rounding."""
         if self.estimator == "hessian-free":
             return [slice(0, tb.n_tasks)]
-        return task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]))
+        return task_chunks(tb.n_tasks, tb.obs.shape[1], max(self.policy.hidden_sizes, default=tb.obs.shape[-1]), split)
 
 
 #: What a TRPO step needs: (start parameters, loss, mean KL, gradient, Fisher-vector product).
@@ -579,6 +603,7 @@ class TRPOMAML(MAMLBase):
         keeps its inner-step and KL Hessian-vector graphs for all conjugate-gradient steps,
         and the line search adapts each candidate once for both its loss and its KL."""
         old = {k: v.detach().clone() for k, v in self.params.items()}
+        k_fvp = fvp_tasks(T, self.cfg.algo_cfg.fvp_subsample)
 
         def build(c: slice) -> dict[str, Any]:
             losses = self.inner_losses([tb.tasks(c) for tb in inner])
@@ -586,25 +611,24 @@ class TRPOMAML(MAMLBase):
             phis = metagrad.inner_chain(as_stacked(old, post_c.n_tasks), losses, self.inner_lr)
             kl_fn = self._kl(post_c, phis[-1], T)
             return {
-                "losses": losses, "phis": phis, "surrogate": self._surrogate(post_c, T), "kl": kl_fn, "n": post_c.n_tasks,
+                "c": c, "losses": losses, "phis": phis, "surrogate": self._surrogate(post_c, T), "kl": kl_fn, "n": post_c.n_tasks,
                 "ops": metagrad.chain_operators(phis, losses, self.estimator, self.delta),
                 "kl_op": metagrad.hvp_operator(kl_fn, phis[-1], "second-order", 0.0),
             }
 
-        groups = map_groups(build, self.chunks(post))
+        groups = map_groups(build, self.chunks(post, k_fvp))
 
         def pull(grp: dict, v: Params) -> Params:
             return sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
 
         g = sum_all(map_groups(lambda grp: pull(grp, metagrad.grad(grp["surrogate"], grp["phis"][-1])), groups))
 
-        def fvp(v: Params) -> Params:
-            def one(grp: dict) -> Params:
-                u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
-                ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
-                return pull(grp, grp["kl_op"](ju))
+        def product(grp: dict, v: Params) -> Params:
+            u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
+            ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
+            return pull(grp, grp["kl_op"](ju))
 
-            return sum_all(map_groups(one, groups))
+        fvp = subsampled_fvp(groups, T, k_fvp, product, T / k_fvp)
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation for both)."""
@@ -636,6 +660,7 @@ class TRPOMAML(MAMLBase):
             return self.batched_problem(inner, post, T)
         old = {k: v.detach().clone() for k, v in self.params.items()}
         exact = self.estimator == "second-order"
+        k_fvp = fvp_tasks(T, self.cfg.algo_cfg.fvp_subsample)
 
         def build(c: slice) -> dict[str, Any]:
             inner_c = [tb.tasks(c) for tb in inner]
@@ -650,23 +675,22 @@ class TRPOMAML(MAMLBase):
             per_task = post_c.mask / post_c.mask.sum(-1, keepdim=True).clamp_min(1) / T
             surrogate = closed_form.LossAt(self.policy, phis[-1], post_c.obs, post_c.actions, -per_task * post_c.advantages,
                                            post_c.logp_old, net=net, second_order=False)
-            return {"losses": losses, "phis": phis, "post": post_c, "n": post_c.n_tasks, "net": net, "kl_weight": per_task,
+            return {"c": c, "losses": losses, "phis": phis, "post": post_c, "n": post_c.n_tasks, "net": net, "kl_weight": per_task,
                     "g_out": surrogate.grad, "ops": [p.hvp for p in points] if exact else None}
 
-        groups = map_groups(build, self.chunks(post))
+        groups = map_groups(build, self.chunks(post, k_fvp))
 
         def pull(grp: dict, v: Params) -> Params:
             return sum_tasks(metagrad.vjp(grp["phis"], grp["losses"], self.inner_lr, v, self.estimator, self.delta, grp["ops"]))
 
         g = sum_all(map_groups(lambda grp: pull(grp, grp["g_out"]), groups))
 
-        def fvp(v: Params) -> Params:
-            def one(grp: dict) -> Params:
-                u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
-                ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
-                return pull(grp, closed_form.kl_fisher_vp(grp["net"], grp["kl_weight"], ju))
+        def product(grp: dict, v: Params) -> Params:
+            u = {k: x.unsqueeze(0).expand(grp["n"], *x.shape) for k, x in v.items()}
+            ju = metagrad.jvp(grp["phis"], grp["losses"], self.inner_lr, u, self.estimator, self.delta, grp["ops"])
+            return pull(grp, closed_form.kl_fisher_vp(grp["net"], grp["kl_weight"], ju))
 
-            return sum_all(map_groups(one, groups))
+        fvp = subsampled_fvp(groups, T, k_fvp, product, T / k_fvp)
 
         def one(grp: dict, theta: Params, at_old: bool) -> tuple[torch.Tensor, torch.Tensor]:
             """(surrogate, KL) of one group's policies adapted from ``theta`` (one adaptation and one forward pass for both)."""
@@ -682,7 +706,10 @@ class TRPOMAML(MAMLBase):
         return memoised_problem(old, groups, one, g, fvp)
 
     def reference_problem(self, inner: list[TensorBatch], post: TensorBatch, T: int) -> TRPOProblem:
-        """Whole-batch autograd (the oracle of the batched implementation)."""
+        """Whole-batch autograd (the oracle of the batched implementation). Exact products only
+        (``fvp_subsample`` 1): tests build the oracle of a subsample on the subsample's tasks."""
+        if self.cfg.algo_cfg.fvp_subsample != 1:
+            raise ValueError("the reference implementation has no fvp_subsample: use impl fused, analytic or batched")
         losses = self.inner_losses(inner)
         old = {k: v.detach().clone() for k, v in self.params.items()}
         phis = metagrad.inner_chain(as_stacked(old, T), losses, self.inner_lr)

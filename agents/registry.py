@@ -204,7 +204,7 @@ def make_agent(cfg: AgentConfig, obs_dim: int, act_dim: int) -> Agent:
 # -- the built-in algorithms (docs/protocol.md section 4) -------------------------------------------
 
 _PPO = ("learning_rate", "clip", "num_ppo_steps", "minibatches")
-_TRPO = ("max_kl", "cg_iters", "cg_damping", "backtrack_ratio", "max_backtracks")
+_TRPO = ("max_kl", "cg_iters", "cg_damping", "backtrack_ratio", "max_backtracks", "fvp_subsample")
 _INNER = ("inner_lr", "inner_steps", "inner_lr_over_k", "meta_gradient", "hf_delta")
 
 register(AlgoSpec(

@@ -35,8 +35,9 @@ def test_closed_form_problem_equals_autograd_on_a_padded_pooled_batch(group_task
     old["log_std"] = torch.tensor([0.3, -0.4], dtype=torch.float64)
     tb = batch(old, seed=1)
     assert tb.mask[-1].sum() == 0 and 0 < tb.mask[0].sum() < tb.mask.shape[1]
-    agent = DRSTRPO.__new__(DRSTRPO)  # only the policy is used
+    agent = DRSTRPO.__new__(DRSTRPO)  # only the policy and the algorithm's settings are used
     agent.policy = POLICY
+    agent.cfg = config()
     start, loss, kl, g, fvp = agent.closed_form_problem(tb, old)
 
     def loss_ref(p):
