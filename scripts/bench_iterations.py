@@ -9,7 +9,9 @@ grid on a cluster of ``--cluster-cores`` cores.
     python scripts/bench_iterations.py --envs rlbench/HalfCheetahRandVel-v0 --algos promp trpo-maml
 
 ``--impls fused analytic batched reference`` times the MAML learners' implementations side by side
-(agents/maml.py ``impl``; the first is the default) in the same run. Every row runs in a fresh process, so its
+(agents/maml.py ``impl``; the first is the default) in the same run; ``--fvp-subsample 1 0.25``
+times the TRPO learners with each ``algo_cfg.fvp_subsample`` (1, the default, first; only its
+rows enter the projection). Every row runs in a fresh process, so its
 ``peak_rss_mb`` is that row's own peak (``self``: the learner and, for the threaded
 backends, the sampler; ``children``: sampler worker processes). ``loadavg`` is the machine's
 1-minute load average before and after the row (the machine may be shared).
@@ -48,10 +50,16 @@ def _has_impls(algo: str) -> bool:
     return "impl" in inspect.signature(AGENTS[algo]).parameters
 
 
-def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int, impl: str = maml.IMPLS[0]) -> dict:
+def _reads_fvp_subsample(algo: str) -> bool:
+    return "fvp_subsample" in registry.get(algo).reads
+
+
+def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int, threads: int, impl: str = maml.IMPLS[0],
+          fvp_subsample: float = 1.0) -> dict:
     cfg = presets.run_config(env_id, algo, seed=1, budget=10**12)
     tasks = max(1, round(cfg.sampler.meta_batch_size * fraction))
-    cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads or cfg.torch_threads)
+    cfg = config.replace(cfg, sampler=config.replace(cfg.sampler, meta_batch_size=tasks, n_workers=workers), torch_threads=threads or cfg.torch_threads,
+                         algo_cfg=config.replace(cfg.algo_cfg, fvp_subsample=fvp_subsample))
     torch.set_num_threads(cfg.learner_threads)
     with Sampler(env_id, horizon=cfg.sampler.horizon, n_workers=cfg.sampler.n_workers, backend=cfg.sampler.backend) as sampler:
         load_before = os.getloadavg()[0]
@@ -73,7 +81,8 @@ def bench(env_id: str, algo: str, iterations: int, fraction: float, workers: int
     update = total - sample_time
     full_scale = presets.FAMILIES[presets.family_of(env_id)].meta_batch_size / tasks  # the paper batch over this one
     return {
-        "env": env_id, "algo": algo, "impl": impl if _has_impls(algo) else "-", "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
+        "env": env_id, "algo": algo, "impl": impl if _has_impls(algo) else "-",
+        **({"fvp_subsample": fvp_subsample} if _reads_fvp_subsample(algo) else {}), "backend": backend, "workers": n_workers, "torch_threads": cfg.learner_threads,
         "tasks_per_iteration": tasks, "fraction_of_paper_batch": tasks / presets.FAMILIES[presets.family_of(env_id)].meta_batch_size,
         "iteration_s": total / iterations, "sampling_s": sample_time / iterations, "update_s": update / iterations,
         "update_share": update / total, "sampling_steps_per_s": steps / sample_time, "steps_per_s": steps / total,
@@ -94,7 +103,7 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
     for r in rows:
         # One row per (env, algo): the first, which is the default implementation (--impls lists
         # it first). Files recorded before implementations were named have no "impl" key.
-        if f"{r['env']}:{r['algo']}" in out or r.get("impl") == "reference":
+        if f"{r['env']}:{r['algo']}" in out or r.get("impl") == "reference" or r.get("fvp_subsample", 1) != 1:
             continue
         budget = presets.FAMILIES[presets.family_of(r["env"])].budget
         wall_h = budget / r["steps_per_s"] / 3600
@@ -106,7 +115,7 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
             f"grid_wall_h_on_{cluster_cores}_cores": round(total_core_h / cluster_cores, 1)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=["rlbench/HalfCheetahRandVel-v0"])
     p.add_argument("--algos", nargs="+", default=list(registry.keys()))
@@ -118,14 +127,20 @@ def main() -> int:
     p.add_argument("--cluster-cores", type=int, default=64)
     p.add_argument("--impls", nargs="+", default=[maml.IMPLS[0]], choices=list(maml.IMPLS),
                    help="MAML learner implementations to time (agents/maml.py)")
+    p.add_argument("--fvp-subsample", nargs="+", type=float, default=[1.0],
+                   help="algo_cfg.fvp_subsample values for the TRPO learners (one row each; 1 = the default)")
     p.add_argument("--out")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if not all(0 < f <= 1 for f in a.fvp_subsample):
+        print(f"bench_iterations: error: --fvp-subsample values must lie in (0, 1], got {a.fvp_subsample}", file=sys.stderr)
+        return 2
     rows = []
     for env_id in a.envs:
         for algo in a.algos:
             for impl in a.impls if _has_impls(algo) else [maml.IMPLS[0]]:
-                rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl))
-                print(json.dumps(rows[-1]), file=sys.stderr)
+                for f in a.fvp_subsample if _reads_fvp_subsample(algo) else [1.0]:
+                    rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl, f))
+                    print(json.dumps(rows[-1]), file=sys.stderr)
     emit({"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}, a.out)
     return 0
 

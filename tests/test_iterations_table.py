@@ -221,3 +221,28 @@ def test_fvp_bound_counts_every_product_of_a_fisher_vector_product(K):
     with bound.FlopCounterMode(display=False) as plain:
         fvp(g)
     assert plain.get_total_flops() < 0.7 * expected  # what the counter missed without the in-place formulas
+
+
+def test_bench_iterations_times_the_fvp_subsample_beside_the_default(tmp_path, capsys):
+    """bench_iterations --fvp-subsample: a TRPO learner's row records the value the run used
+    (one real PointGoal iteration), iterations_table shows it beside the implementation, the
+    projection keeps only the default's row, and a value outside (0, 1] is one line, exit 2,
+    before anything runs."""
+    mod = _load("bench_iterations")
+    sub = mod.bench("rlbench/PointGoal-v0", "trpo-maml", 1, 0.2, 0, 0, "fused", 0.5)
+    plain = mod.bench("rlbench/PointGoal-v0", "drs-ppo", 1, 0.2, 0, 0)
+    assert sub["fvp_subsample"] == 0.5 and "fvp_subsample" not in plain
+    default = {**sub, "fvp_subsample": 1.0}
+    proj = mod.project([default, sub, plain], 5, 64)
+    assert set(proj["per_run"]) == {"rlbench/PointGoal-v0:trpo-maml", "rlbench/PointGoal-v0:drs-ppo"}
+    assert proj["per_run"]["rlbench/PointGoal-v0:trpo-maml"]["steps_per_s_per_core"] == round(default["steps_per_s"] / default["workers"])
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps({"command": "x", "rows": [default, sub]}))
+    assert _script().main([str(f)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| PointGoal-v0 | trpo-maml | fused | ") and out[3].startswith("| PointGoal-v0 | trpo-maml | fused, fvp_subsample 0.5 | ")
+    for bad in ("0", "1.5"):
+        assert mod.main(["--envs", "rlbench/PointGoal-v0", "--fvp-subsample", "1", bad, "--out", str(tmp_path / "o.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--fvp-subsample values must lie in (0, 1]" in err
+    assert not (tmp_path / "o.json").exists()
