@@ -20,14 +20,17 @@ COMMAND_MODULES = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2 (argparse's default code)
-        self.exit(2, f"rlbench: error: {message}\n")
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2 (argparse's default code),
+    without the usage text; the command line's and scripts/'s."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rlbench", description="Equal-budget meta-RL benchmark: DRS vs MAML.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = OneLineParser(prog="rlbench", description="Equal-budget meta-RL benchmark: DRS vs MAML.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -246,3 +246,30 @@ def test_bench_iterations_times_the_fvp_subsample_beside_the_default(tmp_path, c
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--fvp-subsample values must lie in (0, 1]" in err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_bench_fvp_subsample_compares_each_fraction_with_the_first(tmp_path, capsys):
+    """bench_fvp_subsample.py on PointGoal (4 tasks): one row per fraction and
+    repeat on the same recorded batch; the reference's own speedup is 1 and its cosine 1, a
+    smaller fraction takes a different step (cosine below 1, another loss), the file is written;
+    bad fractions end in one line, exit 2, nothing written."""
+    mod = _load("bench_fvp_subsample")
+    out = tmp_path / "s.json"
+    for algo in ("trpo-maml", "drs-trpo"):
+        assert mod.main(["--algo", algo, "--env", "rlbench/PointGoal-v0", "--fraction", "0.2", "--repeats", "1",
+                         "--fvp-subsample", "1", "0.25", "--out", str(out)]) == 0
+        data = json.loads(out.read_text())
+        assert data["algo"] == algo and data["tasks"] == 4 and [r["fvp_subsample"] for r in data["rows"]] == [1.0, 0.25]
+        ref, sub = data["summary"]["1"], data["summary"]["0.25"]
+        assert ref["median_speedup"] == 1.0 and ref["cosine_to_reference"] == pytest.approx(1.0, abs=1e-6)
+        assert sub["cosine_to_reference"] is None or sub["cosine_to_reference"] < 0.9999
+        assert sub["loss_after"] != ref["loss_after"]
+    capsys.readouterr()
+    for bad in (["--fvp-subsample", "1", "0"], ["--fvp-subsample", "2"], ["--repeats", "0"], ["--algo", "promp"]):
+        out.unlink(missing_ok=True)
+        try:
+            status = mod.main(["--env", "rlbench/PointGoal-v0", *bad, "--out", str(out)])
+        except SystemExit as e:  # argparse's choices
+            status = e.code
+        assert status == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert not out.exists()
