@@ -23,7 +23,9 @@ def table(rows: list[dict]) -> str:
         env = r["env"].split("/")[-1]
         rss = r["peak_rss_mb"]
         load = ", ".join(f"{x:.1f}" for x in r["loadavg"])
-        impl = r.get("impl", "") + (f", fvp_subsample {r['fvp_subsample']:g}" if r.get("fvp_subsample", 1) != 1 else "")
+        impl = r.get("impl", "")
+        if r.get("fvp_subsample", 1) != 1:
+            impl = (f"{impl}, " if impl not in ("", "-") else "") + f"fvp_subsample {r['fvp_subsample']:g}"
         lines.append(f"| {env} | {r['algo']} | {impl} | {r['iteration_s']:.1f} | {r['sampling_s']:.1f} | "
                      f"{r['update_s']:.2f} | {r['update_share']:.1%} | {rss['self']:.0f} + {rss['children']:.0f} | {load} |")
     return "\n".join(lines)

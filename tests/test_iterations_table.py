@@ -237,10 +237,12 @@ def test_bench_iterations_times_the_fvp_subsample_beside_the_default(tmp_path, c
     assert set(proj["per_run"]) == {"rlbench/PointGoal-v0:trpo-maml", "rlbench/PointGoal-v0:drs-ppo"}
     assert proj["per_run"]["rlbench/PointGoal-v0:trpo-maml"]["steps_per_s_per_core"] == round(default["steps_per_s"] / default["workers"])
     f = tmp_path / "b.json"
-    f.write_text(json.dumps({"command": "x", "rows": [default, sub]}))
+    drs = {**default, "algo": "drs-trpo", "impl": "-", "fvp_subsample": 0.25}
+    f.write_text(json.dumps({"command": "x", "rows": [default, sub, drs]}))
     assert _script().main([str(f)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| PointGoal-v0 | trpo-maml | fused | ") and out[3].startswith("| PointGoal-v0 | trpo-maml | fused, fvp_subsample 0.5 | ")
+    assert out[4].startswith("| PointGoal-v0 | drs-trpo | fvp_subsample 0.25 | ")
     for bad in ("0", "1.5"):
         assert mod.main(["--envs", "rlbench/PointGoal-v0", "--fvp-subsample", "1", bad, "--out", str(tmp_path / "o.json")]) == 2
         err = capsys.readouterr().err.strip()
