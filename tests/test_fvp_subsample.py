@@ -118,13 +118,13 @@ def test_drs_trpo_training_with_a_subsample_equals_autograd(monkeypatch):
     cfg = drs_config()
     cfg = dataclasses.replace(cfg, algo_cfg=dataclasses.replace(cfg.algo_cfg, fvp_subsample=0.5))
     last = None
-    for it, agents, m_ref, m_new in side_by_side(cfg, "fvp_impl", 3, monkeypatch):
+    for _it, agents, m_ref, m_new in side_by_side(cfg, "fvp_impl", 3, monkeypatch):
         for key, v in agents["autograd"].params.items():
             torch.testing.assert_close(agents["closed-form"].params[key], v, rtol=1e-9, atol=1e-12)
         assert m_new["train/kl"] == pytest.approx(m_ref["train/kl"], rel=1e-8, abs=1e-12)
         last = agents["closed-form"].params
     whole = None
-    for it, agents, _, _ in side_by_side(drs_config(), "fvp_impl", 3, monkeypatch):
+    for _it, agents, _, _ in side_by_side(drs_config(), "fvp_impl", 3, monkeypatch):
         whole = agents["closed-form"].params
     assert not torch.allclose(last["W0"], whole["W0"], rtol=1e-6)
 

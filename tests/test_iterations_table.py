@@ -275,3 +275,44 @@ def test_bench_fvp_subsample_compares_each_fraction_with_the_first(tmp_path, cap
             status = e.code
         assert status == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_training_curves_groups_runs_and_pairs_them_by_seed(tmp_path, capsys):
+    """scripts/training_curves.py on four real PointGoal DRS+TRPO runs (fvp_subsample 1 and
+    0.5, seeds 1 and 2, 4 iterations): the windowed means and the paired differences in the
+    table are those computed here from the runs' metrics.jsonl; the plot is written; a
+    directory that is not a run, an unknown key and two runs of one seed in a group end in one
+    line, exit 2."""
+    import numpy as np
+
+    from rlbench import cli
+
+    common = ["--env", "rlbench/PointGoal-v0", "--algo", "drs-trpo", "--budget", "640", "--set", "sampler.meta_batch_size=4",
+              "--set", "sampler.episodes_per_task=2", "--set", "sampler.n_workers=0", "--set", "torch_threads=1", "--quiet"]
+    runs = {}
+    for f in ("1", "0.5"):
+        for seed in (1, 2):
+            d = tmp_path / f"f{f}_s{seed}"
+            assert cli.main(["train", *common, "--seed", str(seed), "--set", f"algo_cfg.fvp_subsample={f}", "--out", str(d)]) == 0
+            rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            assert len(rows) == 4
+            runs[f, seed] = np.array([r["rollout/return_mean"] for r in rows])
+    mod = _load("training_curves")
+    capsys.readouterr()
+    dirs = [str(tmp_path / f"f{f}_s{s}") for f in ("1", "0.5") for s in (1, 2)]
+    assert mod.main([*dirs, "--by", "algo_cfg.fvp_subsample", "--at", "2", "4", "--window", "2", "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ref = out[2].split(" | ")
+    sub = out[3].split(" | ")
+    assert ref[0] == "| 1.0" and sub[0] == "| 0.5" and ref[1] == sub[1] == "1, 2"
+    at4 = {k: v[2:4].mean() for k, v in runs.items()}
+    assert ref[4] == f"{np.mean([at4['1', 1], at4['1', 2]]):.4g} [{min(at4['1', 1], at4['1', 2]):.4g}, {max(at4['1', 1], at4['1', 2]):.4g}]"
+    diff = np.mean([at4["0.5", s] - at4["1", s] for s in (1, 2)])
+    assert sub[6].startswith(f"{diff:+.4g} [") and sub[6].endswith("(n=2) |") and ref[6] == "- |"
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    for argv, needle in (([str(tmp_path)], "is not an rlbench run directory"), ([dirs[0], "--by", "algo_cfg.nope"], "no such config key"),
+                         ([dirs[0], dirs[0]], "with seed 1")):
+        args = [*argv] if "--by" in argv else [*argv, "--by", "algo_cfg.fvp_subsample"]
+        assert mod.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
