@@ -101,7 +101,7 @@ class AlgoConfig:
     backtrack_ratio: float = BACKTRACK_RATIO
     max_backtracks: int = MAX_BACKTRACKS
     # off by default (1.0, the protocol): the conjugate gradient's Fisher-vector products on the
-    # first ceil(fvp_subsample x T) of the iteration's T tasks only (docs/protocol.md section 4.2)
+    # first ceil(fvp_subsample x T) of the iteration's T tasks only (docs/protocol.md section 4.4)
     fvp_subsample: float = 1.0
     # MAML inner loop (meta-learners, and meta-test adaptation of every agent)
     inner_lr: float = 1e-2

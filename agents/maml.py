@@ -88,8 +88,10 @@ def task_chunks(n_tasks: int, per_task: int, width: int, split: int | None = Non
 def fvp_tasks(n_tasks: int, fraction: float) -> int:
     """How many of an iteration's tasks the TRPO learners' Fisher-vector products use with
     ``AlgoConfig.fvp_subsample`` = ``fraction``: the first ``ceil(fraction * n_tasks)`` (at
-    least one). The tasks of an iteration are independent draws from the task distribution
-    (rlbench.tasks), so its first k tasks are a uniformly random subset of them."""
+    least one). The built-in task distributions (envs/) draw an iteration's tasks independently,
+    or for Meta-World as a random draw without replacement, so in either case its first k tasks
+    are a uniformly random subset of them (a plugin distribution that orders its tasks would
+    need to shuffle them for this to hold)."""
     return n_tasks if fraction >= 1 else max(1, min(n_tasks, math.ceil(fraction * n_tasks - 1e-9)))  # 0.3 x 10 is 3, not 4
 
 

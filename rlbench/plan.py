@@ -198,8 +198,16 @@ def calibrated_rates(configs: list[RunConfig], cache_dir: Path | None = None, re
     return rates
 
 
+def is_default_row(row: dict) -> bool:
+    """A ``scripts/bench_iterations.py`` row measured with the defaults a run uses: not the
+    ``reference`` implementation and every Fisher-vector product (``fvp_subsample`` 1). Only
+    these rows project a run's cost (here, in bench_iterations.project and bench_fvp_bound)."""
+    return row.get("impl") != "reference" and row.get("fvp_subsample", 1) == 1
+
+
 def rates_from_file(path: Path) -> dict[tuple[str, str], Rate]:
-    """Rates from a measured projection (``scripts/bench_iterations.py --out``)."""
+    """Rates from a measured projection (``scripts/bench_iterations.py --out``): per (env, algo),
+    the first row measured with the defaults (:func:`is_default_row`)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -214,8 +222,12 @@ def rates_from_file(path: Path) -> dict[tuple[str, str], Rate]:
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not {"env", "algo", "steps_per_s"} <= set(r):
             raise UsageError(f"{path}: row {i} lacks env, algo or steps_per_s")
+        if not is_default_row(r) or (r["env"], r["algo"]) in rates:
+            continue
         shape = f"{r.get('tasks_per_iteration', '?')} tasks" if "tasks_per_iteration" in r else "?"
         rates[(r["env"], r["algo"])] = _rate_from_measurement(r, str(path), shape)
+    if not rates:
+        raise UsageError(f"{path} has no row measured with the default settings (impl other than reference, fvp_subsample 1)")
     return rates
 
 

@@ -53,6 +53,9 @@ def comparability(cfg: RunConfig) -> dict[str, Any]:
         "policy": {"hidden_sizes": list(cfg.policy.hidden_sizes), "action_scale": cfg.policy.action_scale,
                    "init_std": cfg.policy.init_std},
         "dtype": cfg.dtype,
+        # the TRPO learners' subsample of Fisher-vector products (off the protocol): recorded only
+        # when set, so runs made before the option existed stay comparable with default runs
+        **({"fvp_subsample": cfg.algo_cfg.fvp_subsample} if cfg.algo_cfg.fvp_subsample != 1 else {}),
     }
 
 
@@ -115,7 +118,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
         # changes float reductions, hence results: it must match).
         diffs = [d for d in diffs if d not in SPEED_ONLY]
         if diffs:
-            a, b = _lookup(config.to_dict(old), diffs[0]), _lookup(config.to_dict(cfg), diffs[0])
+            a, b = lookup(config.to_dict(old), diffs[0]), lookup(config.to_dict(cfg), diffs[0])
             raise UsageError(f"cannot resume {run_dir}: config differs in {diffs[0]} ({a!r} in the run, {b!r} now)")
         has_state = (run_dir / store.STATE_FILE).exists()
         done = store.read_meta(run_dir).get("iterations", 0)
@@ -136,7 +139,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> bool:
     return False
 
 
-def _lookup(d: dict, dotted: str) -> Any:
+def lookup(d: dict, dotted: str) -> Any:
+    """``d``'s value at a dotted key (``algo_cfg.inner_lr``), None when absent."""
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
             return None

@@ -34,6 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents import maml
+from rlbench.plan import is_default_row
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_closed_form import best_time  # noqa: E402
@@ -93,11 +94,11 @@ def sampling_budget(path: str, env_id: str) -> dict[str, float]:
     try:
         with open(path) as f:
             rows = json.load(f)["rows"]
-        row = next(r for r in rows if r["env"] == env_id and r["algo"] == ALGO and r.get("impl") == "fused")
+        row = next(r for r in rows if r["env"] == env_id and r["algo"] == ALGO and r.get("impl") == "fused" and is_default_row(r))
         return {"sampling_s": float(row["sampling_s"]), "update_s": float(row["update_s"]),
                 "tasks": int(row["tasks_per_iteration"])}
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
-        raise ValueError(f"{path} holds no {ALGO} fused row of {env_id} with sampling_s and update_s "
+        raise ValueError(f"{path} holds no {ALGO} fused row of {env_id} with sampling_s and update_s and fvp_subsample 1 "
                          "(a scripts/bench_iterations.py output)") from None
 
 

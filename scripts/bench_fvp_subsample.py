@@ -4,7 +4,7 @@
 learners' conjugate gradient on the products of the first ceil(f T) of an iteration's T tasks.
 This script samples one iteration at the protocol's batch shape (or ``--fraction`` of its
 tasks) once, then replays it to fresh agents of ``--algo`` with each value of
-``--fvp-subsample`` (the first is the reference, by default 1), alternating, ``--repeats``
+``--fvp-subsample`` (distinct, including the default 1, which is the reference), alternating, ``--repeats``
 times each. For every update it reports:
 
 * the wall and process CPU time, and the reference's wall time over this one in the same
@@ -27,12 +27,12 @@ import time
 import torch
 
 from agents.drs import DRSTRPO
-from agents.maml import TRPOMAML
+from agents.maml import TRPOMAML, fvp_tasks
 from rlbench import config
 from rlbench.cli import OneLineParser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_iterations import emit  # noqa: E402
+from bench_iterations import bad_fvp_subsample, check_out, emit  # noqa: E402
 from bench_maml_update import add_batch_arguments, bad_batch_arguments, record  # noqa: E402
 
 #: per TRPO learner: the ``impl`` its agents are made with (None: a learner without implementations)
@@ -53,20 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--algo", default=TRPOMAML.algo, choices=list(LEARNERS))
     p.add_argument("--fvp-subsample", nargs="+", type=float, default=[1.0, 0.5, 0.25],
-                   help="algo_cfg.fvp_subsample values; the first is the reference of the speedups and cosines")
+                   help="algo_cfg.fvp_subsample values, distinct, including 1 (the reference of the speedups and cosines)")
     add_batch_arguments(p, threads=2, repeats=3)
     a = p.parse_args(argv)
     if bad_batch_arguments(a):
         return 2
-    if not all(0 < f <= 1 for f in a.fvp_subsample):
-        print(f"error: --fvp-subsample values must lie in (0, 1], got {a.fvp_subsample}", file=sys.stderr)
+    problem = check_out(a.out) or bad_fvp_subsample(a.fvp_subsample)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     impl = LEARNERS[a.algo]
+    order = [1.0] + [f for f in a.fvp_subsample if f != 1]  # the default first: the reference
     fresh, tasks, log, sampling_cpu, backend = record(a.env, a.algo, a.fraction, a.threads, impl)
     rows = []
     for rep in range(a.repeats):
         ref_change, ref_wall = None, None
-        for f in a.fvp_subsample:
+        for f in order:
             agent = fresh(impl)
             agent.cfg = config.replace(agent.cfg, algo_cfg=config.replace(agent.cfg.algo_cfg, fvp_subsample=f))
             start = {k: v.detach().clone() for k, v in agent.params.items()}
@@ -78,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             change = flat_change(agent, start)
             if ref_change is None:
                 ref_change, ref_wall = change, wall
-            rows.append({"fvp_subsample": f, "repeat": rep, "update_wall_s": wall, "update_cpu_s": cpu, "speedup": ref_wall / wall,
+            rows.append({"fvp_subsample": f, "fvp_tasks": fvp_tasks(len(tasks), f), "repeat": rep, "update_wall_s": wall, "update_cpu_s": cpu, "speedup": ref_wall / wall,
                          "loadavg": [load, os.getloadavg()[0]], "accepted": m["train/accepted"], "backtracks": m["train/backtracks"],
                          "kl": m["train/kl"], "loss_after": m["train/loss"], "cosine_to_reference": cosine(change, ref_change)})
             print(rows[-1], file=sys.stderr)
     summary = {}
-    for f in a.fvp_subsample:
+    for f in order:
         mine = [r for r in rows if r["fvp_subsample"] == f]
         summary[f"{f:g}"] = {"best_wall_s": min(r["update_wall_s"] for r in mine),
                              "median_speedup": statistics.median(r["speedup"] for r in mine),

@@ -19,7 +19,6 @@ backends, the sampler; ``children``: sampler worker processes). ``loadavg`` is t
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import multiprocessing
@@ -34,6 +33,8 @@ from agents import maml, registry
 from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
 from rlbench import config, presets, seeding
+from rlbench.cli import OneLineParser
+from rlbench.plan import is_default_row
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
 
@@ -103,7 +104,7 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
     for r in rows:
         # One row per (env, algo): the first, which is the default implementation (--impls lists
         # it first). Files recorded before implementations were named have no "impl" key.
-        if f"{r['env']}:{r['algo']}" in out or r.get("impl") == "reference" or r.get("fvp_subsample", 1) != 1:
+        if f"{r['env']}:{r['algo']}" in out or not is_default_row(r):
             continue
         budget = presets.FAMILIES[presets.family_of(r["env"])].budget
         wall_h = budget / r["steps_per_s"] / 3600
@@ -116,7 +117,7 @@ def project(rows: list[dict], seeds: int, cluster_cores: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=["rlbench/HalfCheetahRandVel-v0"])
     p.add_argument("--algos", nargs="+", default=list(registry.keys()))
     p.add_argument("--iterations", type=int, default=2)
@@ -131,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="algo_cfg.fvp_subsample values for the TRPO learners (one row each; 1 = the default)")
     p.add_argument("--out")
     a = p.parse_args(argv)
-    if not all(0 < f <= 1 for f in a.fvp_subsample):
-        print(f"bench_iterations: error: --fvp-subsample values must lie in (0, 1], got {a.fvp_subsample}", file=sys.stderr)
+    problem = (check_out(a.out) or bad_fvp_subsample(a.fvp_subsample)
+               or ("--impls reference has no fvp_subsample below 1 (agents/maml.py reference_problem)"
+                   if "reference" in a.impls and min(a.fvp_subsample) < 1 else None)
+               or ("--cluster-cores and --seeds must be at least 1" if a.cluster_cores < 1 or a.seeds < 1 else None))
+    if problem:
+        print(f"bench_iterations: error: {problem}", file=sys.stderr)
         return 2
     rows = []
     for env_id in a.envs:
@@ -141,8 +146,32 @@ def main(argv: list[str] | None = None) -> int:
                 for f in a.fvp_subsample if _reads_fvp_subsample(algo) else [1.0]:
                     rows.append(bench_in_fresh_process(env_id, algo, a.iterations, a.fraction, a.workers, a.threads, impl, f))
                     print(json.dumps(rows[-1]), file=sys.stderr)
-    emit({"command": " ".join(sys.argv), "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}, a.out)
+    command = " ".join(sys.argv) if argv is None else " ".join(["scripts/bench_iterations.py", *argv])
+    emit({"command": command, "rows": rows, "projection": project(rows, a.seeds, a.cluster_cores)}, a.out)
     return 0
+
+
+def bad_fvp_subsample(values: list[float]) -> str | None:
+    """What is wrong with a list of ``--fvp-subsample`` values (each in (0, 1], no repeats, the
+    default 1 among them: it is the reference and the only value projected), or None."""
+    if not all(0 < f <= 1 for f in values):
+        return f"--fvp-subsample values must lie in (0, 1], got {values}"
+    if len(set(values)) != len(values) or 1 not in values:
+        return f"--fvp-subsample values must be distinct and include the default 1, got {values}"
+    return None
+
+
+def check_out(out: str | None) -> str | None:
+    """What is wrong with an ``--out`` path (checked before a benchmark runs, so that one that
+    cannot be written does not cost the run), or None."""
+    if not out:
+        return None
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        return f"--out {out} is a directory"
+    if not os.path.isdir(os.path.dirname(path)):
+        return f"--out {out}: directory {os.path.dirname(path)} does not exist"
+    return None
 
 
 def emit(result: dict, out: str | None) -> None:

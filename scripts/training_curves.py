@@ -22,18 +22,11 @@ import numpy as np
 
 from rlbench import config, stats, store
 from rlbench.cli import OneLineParser
+from rlbench.runner import lookup
 
 
 class CurveError(ValueError):
     pass
-
-
-def lookup(d: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            raise KeyError(dotted)
-        d = d[part]
-    return d
 
 
 def read_run(run_dir: Path, by: str, metric: str) -> tuple[object, int, np.ndarray, np.ndarray]:
@@ -41,13 +34,12 @@ def read_run(run_dir: Path, by: str, metric: str) -> tuple[object, int, np.ndarr
     if not store.is_run_dir(run_dir):
         raise CurveError(f"{run_dir} is not an rlbench run directory")
     cfg = store.read_config(run_dir)
-    try:
-        value = lookup(config.to_dict(cfg), by)
-    except KeyError:
-        raise CurveError(f"--by {by}: no such config key in {run_dir / store.CONFIG_FILE}") from None
-    rows = [row for _, row in store.read_jsonl(Path(run_dir) / "metrics.jsonl")]
-    if not rows or any(metric not in r for r in rows):
-        raise CurveError(f"{run_dir}: metrics.jsonl has no {metric!r} in every row (or no rows)")
+    value = lookup(config.to_dict(cfg), by)
+    if value is None:
+        raise CurveError(f"--by {by}: no such config key in {run_dir / store.CONFIG_FILE}")
+    rows = [row for _, row in store.read_jsonl(Path(run_dir) / store.METRICS_FILE)]
+    if not rows or any(not isinstance(r.get(metric), (int, float)) or not isinstance(r.get("iteration"), int) for r in rows):
+        raise CurveError(f"{run_dir}: {store.METRICS_FILE} has no number {metric!r} (and iteration) in every row, or no rows")
     rows.sort(key=lambda r: r["iteration"])
     return value, cfg.seed, np.array([float(r[metric]) for r in rows]), np.array([float(r.get("time/iteration_s", np.nan)) for r in rows])
 
@@ -88,10 +80,24 @@ def table(groups: dict, at: list[int], window: int, metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(groups: dict, metric: str, by: str, path: Path) -> None:
+def bad_plot_path(path: Path | None) -> str | None:
+    """What is wrong with a ``--plot`` path (checked before any run is read), or None."""
+    if path is None:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        return f"--plot {path}: unknown image format {path.suffix!r} (one of {', '.join(sorted(formats))})"
+    if path.is_dir() or not path.resolve().parent.is_dir():
+        return f"--plot {path}: a directory, or its directory does not exist"
+    return None
+
+
+def plot(groups: dict, metric: str, by: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -119,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=5, help="iterations averaged at each --at")
     p.add_argument("--plot", type=Path, help="write the curves to this image file")
     a = p.parse_args(argv)
-    if a.window < 1 or any(i < 1 for i in a.at):
-        print("training_curves: error: --window and --at must be at least 1", file=sys.stderr)
+    problem = "--window and --at must be at least 1" if a.window < 1 or any(i < 1 for i in a.at) else bad_plot_path(a.plot)
+    if problem:
+        print(f"training_curves: error: {problem}", file=sys.stderr)
         return 2
     groups: dict = {}
     try:

@@ -88,15 +88,18 @@ def test_trpo_maml_reference_has_no_subsample():
         with_subsample(agents["reference"], 0.5).reference_problem(inner, post, T)
 
 
-@pytest.mark.parametrize("fraction,k", [(0.3, 1), (0.5, 2)])
-def test_drs_trpo_products_are_those_of_the_first_tasks(fraction, k, monkeypatch):
-    """Three tasks with padding (the last has no transitions) in groups of one: the product is
-    autograd's of the pooled mean KL over the first k tasks alone (pooled over their own
-    transitions), the gradient is the whole batch's."""
+@pytest.mark.parametrize("fraction,k,order", [(0.3, 1, [0, 1, 2]), (0.5, 2, [2, 0, 1])])
+def test_drs_trpo_products_are_those_of_the_first_tasks(fraction, k, order, monkeypatch):
+    """Three tasks with padding (one has no transitions, placed so that a task with
+    transitions is always left out) in groups of one: the product is autograd's of the pooled
+    mean KL over the first k tasks alone (pooled over their own transitions), not the whole
+    batch's; the gradient is the whole batch's."""
     monkeypatch.setattr(maml, "CHUNK_ELEMENTS", 20 * max(POLICY.hidden_sizes))
     old = shared_params(0)
     old["log_std"] = torch.tensor([0.3, -0.4], dtype=torch.float64)
-    tb = batch(old, seed=1)
+    full = batch(old, seed=1)
+    tb = type(full)(*(getattr(full, f)[order] for f in ("obs", "actions", "advantages", "mask", "logp_old")))
+    assert tb.mask[k:].sum() > 0 and tb.mask[:k].sum() > 0
     agent = DRSTRPO.__new__(DRSTRPO)
     agent.policy = POLICY
     agent.cfg = drs_config()
@@ -109,6 +112,7 @@ def test_drs_trpo_products_are_those_of_the_first_tasks(fraction, k, monkeypatch
     for seed in range(3):
         v = rand_like(old, seed)
         close(fvp(v), auto(v), 1e-12)
+        assert not torch.allclose(fvp(v)["W0"], fvp_all(v)["W0"], rtol=1e-3)
 
 
 def test_drs_trpo_training_with_a_subsample_equals_autograd(monkeypatch):
@@ -138,3 +142,19 @@ def test_config_checks():
         dataclasses.replace(cfg, fvp_subsample=0.5, meta_gradient="hessian-free").validate("algo_cfg")
     dataclasses.replace(cfg, fvp_subsample=0.5).validate("algo_cfg")
     assert cfg.fvp_subsample == 1.0  # off by default
+
+
+def test_runs_with_a_subsample_are_not_comparable_with_default_runs():
+    """rlbench compare refuses pairs whose comparability records differ: a run with a subsample
+    records it, a default run records nothing (so runs made before the option stay comparable)."""
+    from rlbench.presets import run_config
+    from rlbench.runner import comparability
+    from rlbench.store import diff_dicts
+
+    env = "rlbench/HalfCheetahRandVel-v0"
+    default = comparability(run_config(env, "drs-trpo", 1))
+    sub = comparability(run_config(env, "trpo-maml", 1, overrides={"algo_cfg": {"fvp_subsample": 0.25}}))
+    assert "fvp_subsample" not in default and sub["fvp_subsample"] == 0.25
+    assert diff_dicts(default, sub) == ["fvp_subsample"]
+    assert comparability(run_config(env, "trpo-maml", 1)) == default
+

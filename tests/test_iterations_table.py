@@ -3,6 +3,7 @@ bench_iterations.py JSON file (values checked against a hand-written file)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -243,11 +244,30 @@ def test_bench_iterations_times_the_fvp_subsample_beside_the_default(tmp_path, c
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| PointGoal-v0 | trpo-maml | fused | ") and out[3].startswith("| PointGoal-v0 | trpo-maml | fused, fvp_subsample 0.5 | ")
     assert out[4].startswith("| PointGoal-v0 | drs-trpo | fvp_subsample 0.25 | ")
-    for bad in ("0", "1.5"):
-        assert mod.main(["--envs", "rlbench/PointGoal-v0", "--fvp-subsample", "1", bad, "--out", str(tmp_path / "o.json")]) == 2
+    o = str(tmp_path / "o.json")
+    for argv, needle in ((["--fvp-subsample", "1", "0"], "must lie in (0, 1]"), (["--fvp-subsample", "1", "1.5"], "must lie in (0, 1]"),
+                         (["--fvp-subsample", "0.5"], "include the default 1"), (["--fvp-subsample", "1", "1"], "distinct"),
+                         (["--fvp-subsample", "abc"], "invalid float value"), (["--impls", "reference", "--fvp-subsample", "1", "0.5"], "--impls reference"),
+                         (["--cluster-cores", "0"], "at least 1"), (["--out", str(tmp_path / "missing" / "o.json")], "does not exist"),
+                         (["--out", str(tmp_path)], "is a directory")):
+        args = [*argv] if "--out" in argv else [*argv, "--out", o]
+        with pytest.raises(SystemExit) if "abc" in argv else contextlib.nullcontext() as e:
+            status = mod.main(["--envs", "rlbench/PointGoal-v0", *args])
+        assert (e.value.code if "abc" in argv else status) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "--fvp-subsample values must lie in (0, 1]" in err
+        assert len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "o.json").exists()
+    # rlbench plan --from and bench_fvp_bound take the default row, not a subsample's, whatever the order
+    from rlbench.plan import rates_from_file
+    both = tmp_path / "both.json"
+    fast = {**default, "fvp_subsample": 0.25, "steps_per_s": default["steps_per_s"] * 3, "update_s": 0.01}
+    both.write_text(json.dumps({"rows": [fast, {**default, "impl": "reference", "steps_per_s": 1.0}, default]}))
+    assert rates_from_file(both)[("rlbench/PointGoal-v0", "trpo-maml")].iteration_s == default["iteration_s"]
+    bound = _load("bench_fvp_bound")
+    assert bound.sampling_budget(str(both), "rlbench/PointGoal-v0")["update_s"] == default["update_s"]
+    both.write_text(json.dumps({"rows": [fast]}))
+    with pytest.raises(Exception, match="no row measured with the default settings"):
+        rates_from_file(both)
 
 
 def test_bench_fvp_subsample_compares_each_fraction_with_the_first(tmp_path, capsys):
@@ -259,18 +279,20 @@ def test_bench_fvp_subsample_compares_each_fraction_with_the_first(tmp_path, cap
     out = tmp_path / "s.json"
     for algo in ("trpo-maml", "drs-trpo"):
         assert mod.main(["--algo", algo, "--env", "rlbench/PointGoal-v0", "--fraction", "0.2", "--repeats", "1",
-                         "--fvp-subsample", "1", "0.25", "--out", str(out)]) == 0
+                         "--fvp-subsample", "0.25", "1", "--out", str(out)]) == 0
         data = json.loads(out.read_text())
         assert data["algo"] == algo and data["tasks"] == 4 and [r["fvp_subsample"] for r in data["rows"]] == [1.0, 0.25]
+        assert [r["fvp_tasks"] for r in data["rows"]] == [4, 1]
         ref, sub = data["summary"]["1"], data["summary"]["0.25"]
         assert ref["median_speedup"] == 1.0 and ref["cosine_to_reference"] == pytest.approx(1.0, abs=1e-6)
         assert sub["cosine_to_reference"] is None or sub["cosine_to_reference"] < 0.9999
         assert sub["loss_after"] != ref["loss_after"]
     capsys.readouterr()
-    for bad in (["--fvp-subsample", "1", "0"], ["--fvp-subsample", "2"], ["--repeats", "0"], ["--algo", "promp"]):
+    for bad in (["--fvp-subsample", "1", "0"], ["--fvp-subsample", "2"], ["--fvp-subsample", "0.5"], ["--fvp-subsample", "1", "0.5", "0.5"],
+                ["--repeats", "0"], ["--algo", "promp"], ["--out", str(tmp_path / "missing" / "s.json")]):
         out.unlink(missing_ok=True)
         try:
-            status = mod.main(["--env", "rlbench/PointGoal-v0", *bad, "--out", str(out)])
+            status = mod.main(["--env", "rlbench/PointGoal-v0", *bad, *([] if "--out" in bad else ["--out", str(out)])])
         except SystemExit as e:  # argparse's choices
             status = e.code
         assert status == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -310,8 +332,15 @@ def test_training_curves_groups_runs_and_pairs_them_by_seed(tmp_path, capsys):
     diff = np.mean([at4["0.5", s] - at4["1", s] for s in (1, 2)])
     assert sub[6].startswith(f"{diff:+.4g} [") and sub[6].endswith("(n=2) |") and ref[6] == "- |"
     assert (tmp_path / "c.png").stat().st_size > 1000
+    (tmp_path / "nulled").mkdir()
+    for name in ("config.yaml", "run.json"):
+        (tmp_path / "nulled" / name).write_bytes((tmp_path / "f1_s1" / name).read_bytes())
+    lines = (tmp_path / "f1_s1" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "nulled" / "metrics.jsonl").write_text("\n".join([json.dumps({**json.loads(lines[0]), "rollout/return_mean": None}), *lines[1:]]) + "\n")
     for argv, needle in (([str(tmp_path)], "is not an rlbench run directory"), ([dirs[0], "--by", "algo_cfg.nope"], "no such config key"),
-                         ([dirs[0], dirs[0]], "with seed 1")):
+                         ([dirs[0], dirs[0]], "with seed 1"), ([str(tmp_path / "nulled")], "has no number"),
+                         ([dirs[0], "--plot", str(tmp_path / "missing" / "c.png")], "does not exist"),
+                         ([dirs[0], "--plot", str(tmp_path / "c.xyz")], "unknown image format")):
         args = [*argv] if "--by" in argv else [*argv, "--by", "algo_cfg.fvp_subsample"]
         assert mod.main(args) == 2
         err = capsys.readouterr().err.strip()
