@@ -615,7 +615,7 @@ class TRPOMAML(MAMLBase):
             return {
                 "c": c, "losses": losses, "phis": phis, "surrogate": self._surrogate(post_c, T), "kl": kl_fn, "n": post_c.n_tasks,
                 "ops": metagrad.chain_operators(phis, losses, self.estimator, self.delta),
-                "kl_op": metagrad.hvp_operator(kl_fn, phis[-1], "second-order", 0.0),
+                "kl_op": metagrad.hvp_operator(kl_fn, phis[-1], "second-order", 0.0) if c.stop <= k_fvp else None,  # only products use it
             }
 
         groups = map_groups(build, self.chunks(post, k_fvp))
