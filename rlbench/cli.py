@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rlbench.errors import USER_ERRORS
@@ -26,6 +27,20 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
+
+
+def check_out(out: str | None, makes_dirs: bool = False) -> str | None:
+    """What is wrong with an ``--out`` path (checked before a benchmark runs, so that one that
+    cannot be written does not cost the run), or None. ``makes_dirs``: the script creates a
+    missing directory itself. For scripts/'s benchmarks, whose ``--out`` is one JSON file."""
+    if not out:
+        return None
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        return f"--out {out} is a directory"
+    if not makes_dirs and not os.path.isdir(os.path.dirname(path)):
+        return f"--out {out}: directory {os.path.dirname(path)} does not exist"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ import time
 import torch
 
 from agents import closed_form
+from rlbench.cli import check_out
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iterations import emit  # noqa: E402
@@ -91,6 +92,9 @@ def main() -> int:
         return 0
     if min(a.tasks, a.rows, a.obs, a.hidden, a.act, a.threads, a.repeats) < 1:
         print("error: every size, --threads and --repeats must be at least 1", file=sys.stderr)
+        return 2
+    if check_out(a.out):
+        print(f"error: {check_out(a.out)}", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(0)

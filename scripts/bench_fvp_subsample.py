@@ -32,7 +32,7 @@ from rlbench import config
 from rlbench.cli import OneLineParser
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_iterations import bad_fvp_subsample, check_out, emit  # noqa: E402
+from bench_iterations import bad_fvp_subsample, emit  # noqa: E402
 from bench_maml_update import add_batch_arguments, bad_batch_arguments, record  # noqa: E402
 
 #: per TRPO learner: the ``impl`` its agents are made with (None: a learner without implementations)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if bad_batch_arguments(a):
         return 2
-    problem = check_out(a.out) or bad_fvp_subsample(a.fvp_subsample)
+    problem = bad_fvp_subsample(a.fvp_subsample)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

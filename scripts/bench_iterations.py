@@ -33,7 +33,7 @@ from agents import maml, registry
 from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
 from rlbench import config, presets, seeding
-from rlbench.cli import OneLineParser
+from rlbench.cli import OneLineParser, check_out
 from rlbench.plan import is_default_row
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
@@ -158,19 +158,6 @@ def bad_fvp_subsample(values: list[float]) -> str | None:
         return f"--fvp-subsample values must lie in (0, 1], got {values}"
     if len(set(values)) != len(values) or 1 not in values:
         return f"--fvp-subsample values must be distinct and include the default 1, got {values}"
-    return None
-
-
-def check_out(out: str | None) -> str | None:
-    """What is wrong with an ``--out`` path (checked before a benchmark runs, so that one that
-    cannot be written does not cost the run), or None."""
-    if not out:
-        return None
-    path = os.path.abspath(out)
-    if os.path.isdir(path):
-        return f"--out {out} is a directory"
-    if not os.path.isdir(os.path.dirname(path)):
-        return f"--out {out}: directory {os.path.dirname(path)} does not exist"
     return None
 
 

@@ -37,6 +37,7 @@ from agents.core import DTYPES
 from agents.registry import AGENTS, make_policy
 from envs.base import UnknownEnvError
 from rlbench import config, presets, seeding
+from rlbench.cli import check_out
 from rlbench.sampler import Sampler
 from rlbench.trainer import Trainer
 
@@ -87,8 +88,8 @@ def add_batch_arguments(p: argparse.ArgumentParser, threads: int, repeats: int) 
 
 
 def bad_batch_arguments(a: argparse.Namespace) -> bool:
-    """True (after printing the one-line error) when --env is unknown or --fraction, --threads or
-    --repeats is out of range."""
+    """True (after printing the one-line error) when --env is unknown, --fraction, --threads or
+    --repeats is out of range, or --out cannot be written (rlbench.cli.check_out)."""
     try:
         envs.entry(a.env)
     except UnknownEnvError as e:
@@ -96,6 +97,10 @@ def bad_batch_arguments(a: argparse.Namespace) -> bool:
         return True
     if not 0 < a.fraction <= 1 or a.threads < 1 or a.repeats < 1:
         print("error: --fraction must be in (0, 1], --threads and --repeats at least 1", file=sys.stderr)
+        return True
+    problem = check_out(a.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return True
     return False
 

@@ -97,6 +97,7 @@ from envs.base import UnknownEnvError
 from envs.locomotion import RandParamsTask, observation
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, MjDataPerSlotStepper
 from rlbench import backends
+from rlbench.cli import check_out
 from rlbench.sampler import STEPPERS, UNITS, Sampler, _Draws, default_workers
 
 DEFAULT_ENVS = ["HalfCheetahRandVel", "Walker2DRandVel", "HopperRandParams", "ML1-Push"]
@@ -669,6 +670,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=CONFIGS, metavar="BACKEND/WORKERS",
                    help=f"(c) sampler lines, 'all' = --workers (choices: {' '.join(CONFIGS)}; default: the first five)")
     args = p.parse_args(argv)
+    if check_out(args.out, makes_dirs=True):
+        print(f"error: {check_out(args.out, makes_dirs=True)}", file=sys.stderr)
+        sys.exit(2)
     for name in args.envs:
         try:
             envs.entry(_env_id(name))

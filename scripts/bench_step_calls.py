@@ -49,6 +49,7 @@ from mujoco import _rollout
 import envs
 from envs import slot_physics
 from envs.locomotion_batched import STATE_SPEC, BatchedLocomotionStepper, supports
+from rlbench.cli import check_out
 
 FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
 CTRL = int(mujoco.mjtState.mjSTATE_CTRL)
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     if min(args.slots, args.steps, args.repeats) < 1 or args.memory_slots < 0:
         print("error: --slots, --steps and --repeats must be >= 1, --memory-slots >= 0", file=sys.stderr)
+        sys.exit(2)
+    if check_out(args.out):
+        print(f"error: {check_out(args.out)}", file=sys.stderr)
         sys.exit(2)
     s = Setup(env_id, args.slots, args.steps)
     fs = s.st.frame_skip

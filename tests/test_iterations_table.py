@@ -139,6 +139,20 @@ def test_update_benches_refuse_bad_arguments_in_one_line(tmp_path, monkeypatch, 
         _load("bench_sampler").main(["--envs", "HalfCheetahRandVel", "bogus"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "unknown environment 'rlbench/bogus-v0'" in err
+    # an --out that cannot be written is refused before anything is measured, not after
+    missing = str(tmp_path / "missing" / "o.json")
+    for name, argv in (("bench_maml_update", ["--out", missing]), ("bench_drs_trpo_fvp", ["--out", str(tmp_path)]),
+                       ("bench_fvp_bound", ["--iterations", "x.json", "--out", missing]), ("bench_closed_form", ["--out", missing])):
+        monkeypatch.setattr("sys.argv", [name, *argv])
+        assert _load(name).main() == 2, (name, argv)
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--out" in err, err
+    for name, argv in (("bench_sampler", ["--out", str(tmp_path)]), ("bench_step_calls", ["--out", missing])):
+        with pytest.raises(SystemExit) as e:
+            _load(name).main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and "--out" in err, err
+    assert not (tmp_path / "missing").exists()
 
 
 def test_bench_closed_form_compares_each_kernel_and_prints_its_table(tmp_path, monkeypatch, capsys):
