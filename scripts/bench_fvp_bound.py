@@ -7,8 +7,9 @@ table, 10 in the protocol) (the Fisher matrix of the post-adaptation
 KL, taken through the inner step's Jacobian J). This script measures, on one recorded batch:
 
 * ``fvp``: the wall and CPU time of one product of the default (``fused``) learner, and its
-  matrix-multiply floating-point operations, counted by ``torch.utils.flop_counter``
-  (elementwise work is not counted, so the count is a lower bound on the work);
+  matrix-multiply floating-point operations, counted by ``torch.utils.flop_counter`` with
+  formulas added for the in-place products it skips (:data:`IN_PLACE_PRODUCTS`; elementwise
+  work is not counted, so the count is a lower bound on the work);
 * ``gemm``: this machine's matrix-multiply throughput with the same thread count: square
   1024 x 1024 products, and products shaped like the policy's layers (a task group's rows x 64
   by 64 x 64) into a reused output and into a fresh one per call (see :func:`gemm_rate`);
@@ -19,7 +20,7 @@ KL, taken through the inner step's Jacobian J). This script measures, on one rec
   the same batch shape, minus the update's measured time outside the products).
 
     python scripts/bench_fvp_bound.py --threads 2 --repeats 5 \
-        --iterations results/bench/iterations_halfcheetah_s7_after.json --out results/bench/fvp_bound.json
+        --iterations results/bench/iterations_halfcheetah_s9_a.json --out results/bench/fvp_bound_s10.json
 """
 
 from __future__ import annotations
