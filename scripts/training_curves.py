@@ -26,7 +26,7 @@ from rlbench.runner import lookup
 
 
 class CurveError(ValueError):
-    pass
+    """A run directory or option the table cannot be made from (reported in one line, exit 2)."""
 
 
 def read_run(run_dir: Path, by: str, metric: str) -> tuple[object, int, np.ndarray, np.ndarray]:
